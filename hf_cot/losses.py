@@ -217,6 +217,23 @@ def complement_objective(
     return entropy.neg() / scale
 
 
+def complement_terms(
+    logits: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100, chunk_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-position ``(H, log p_g, valid)`` over the flattened positions, from one chunked pass (for trainers that
+    need both the loss and the entropy it implies without a second pass)."""
+    flat_logits, target, valid = _flatten(logits, labels, ignore_index)
+    chunk = _chunk_rows(flat_logits.shape[1], chunk_size)
+    entropy, log_pg = _ComplementEntropyFunction.apply(flat_logits, target, valid, chunk)
+    return entropy, log_pg, valid
+
+
+def guided_rows(entropy: torch.Tensor, log_pg: torch.Tensor, valid: torch.Tensor, num_classes: int, alpha: float):
+    """GCE per position from `complement_terms`: ``-p_g^alpha * H / log(K - 1)`` (0 where invalid)."""
+    guide = torch.exp(alpha * log_pg).masked_fill(~valid, 0.0)
+    return -guide * entropy / complement_normalizer(num_classes, "log")
+
+
 def guided_complement_entropy(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -238,9 +255,6 @@ def guided_complement_entropy(
     if not alpha >= 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
     _check_reduction(reduction)
-    flat_logits, target, valid = _flatten(logits, labels, ignore_index)
-    chunk = _chunk_rows(flat_logits.shape[1], chunk_size)
-    entropy, log_pg = _ComplementEntropyFunction.apply(flat_logits, target, valid, chunk)
-    guide = torch.exp(alpha * log_pg).masked_fill(~valid, 0.0)
-    per_row = -guide * entropy / complement_normalizer(flat_logits.shape[1], "log")
+    entropy, log_pg, valid = complement_terms(logits, labels, ignore_index=ignore_index, chunk_size=chunk_size)
+    per_row = guided_rows(entropy, log_pg, valid, logits.shape[-1], alpha)
     return _reduce(per_row, valid, reduction, labels.shape)

@@ -1,0 +1,119 @@
+"""Training arguments for COT: one set of fields, mixed into `TrainingArguments` and `Seq2SeqTrainingArguments`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import Seq2SeqTrainingArguments, TrainingArguments
+
+from .losses import NORMALIZATIONS
+
+COT_MODES = ("alternating", "joint", "guided", "off")
+
+
+@dataclass
+class COTArgumentsMixin:
+    """The Complement Objective Training fields, defined once for both argument classes."""
+
+    cot_mode: str = field(
+        default="alternating",
+        metadata={
+            "help": (
+                "How the complement objective enters training. 'alternating' (the COT paper's Algorithm 1): every "
+                "optimizer step is followed by a second forward/backward on the same micro-batches that maximizes "
+                "the complement entropy, applied by a separate optimizer on the same learning-rate schedule (about "
+                "2x the cost of a CE step). 'joint' (the CCE form): one update on CE + complement_weight * "
+                "complement objective (about 1x). 'guided': one update on the Guided Complement Entropy loss alone "
+                "(GCE, ICCV 2019; about 1x). 'off': exactly the parent Trainer."
+            ),
+            "choices": list(COT_MODES),
+        },
+    )
+    complement_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Peak learning rate of the complement optimizer in 'alternating' mode. It follows the same "
+                "scheduler type, warm-up and length as the primary one. Defaults to `learning_rate` (as in the "
+                "official COT code)."
+            )
+        },
+    )
+    complement_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": (
+                "Weight of the normalized complement objective added to cross-entropy in 'joint' mode: loss = CE + "
+                "complement_weight * (-H / normalizer). CCE's recommended gamma = -1 with its 1/(K-1) factor is "
+                "complement_weight=1 with complement_normalization='paper'."
+            )
+        },
+    )
+    guided_alpha: float = field(
+        default=1.0 / 3.0,
+        metadata={"help": "Exponent alpha of the guide factor p_g^alpha in 'guided' mode (GCE paper default: 1/3)."},
+    )
+    complement_normalization: str = field(
+        default="log",
+        metadata={
+            "help": (
+                "Constant the complement entropy H is divided by in the complement objective -H / c. 'log': "
+                "c = log(K-1), so the objective lies in [-1, 0] for any number of classes or vocabulary size "
+                "(default). 'paper': c = K-1, the COT paper's Eq. 2; over a 30k vocabulary this makes an SGD "
+                "complement step about 3000x smaller than with 'log'. With Adam/AdamW a constant scale mostly "
+                "cancels in the update, so the choice matters most for SGD and for 'joint' mode, where it sets the "
+                "balance against CE. 'none': c = 1."
+            ),
+            "choices": list(NORMALIZATIONS),
+        },
+    )
+    complement_every: int = field(
+        default=1,
+        metadata={
+            "help": (
+                "Run the complement update of 'alternating' mode on every k-th optimizer step only (cost about "
+                "1 + 1/k of a CE step). The complement learning-rate schedule still advances every step."
+            )
+        },
+    )
+
+    def _validate_cot_fields(self) -> None:
+        if self.cot_mode not in COT_MODES:
+            raise ValueError(f"--cot_mode must be one of {COT_MODES}, got {self.cot_mode!r}")
+        if self.complement_normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"--complement_normalization must be one of {NORMALIZATIONS}, got {self.complement_normalization!r}"
+            )
+        if self.complement_learning_rate is not None and not self.complement_learning_rate >= 0:
+            raise ValueError(f"--complement_learning_rate must be >= 0, got {self.complement_learning_rate}")
+        if not self.complement_weight >= 0:
+            raise ValueError(
+                f"--complement_weight must be >= 0, got {self.complement_weight} (a negative weight would "
+                "*lower* the complement entropy, the opposite of COT)"
+            )
+        if not self.guided_alpha >= 0:
+            raise ValueError(f"--guided_alpha must be >= 0, got {self.guided_alpha}")
+        if isinstance(self.complement_every, bool) or not isinstance(self.complement_every, int) or self.complement_every < 1:
+            raise ValueError(f"--complement_every must be an integer >= 1, got {self.complement_every!r}")
+
+    @property
+    def effective_complement_learning_rate(self) -> float:
+        return self.learning_rate if self.complement_learning_rate is None else self.complement_learning_rate
+
+
+@dataclass
+class COTTrainingArguments(COTArgumentsMixin, TrainingArguments):
+    """`TrainingArguments` plus the COT fields (see `COTArgumentsMixin`)."""
+
+    def __post_init__(self):
+        self._validate_cot_fields()
+        super().__post_init__()
+
+
+@dataclass
+class COTSeq2SeqTrainingArguments(COTArgumentsMixin, Seq2SeqTrainingArguments):
+    """`Seq2SeqTrainingArguments` plus the COT fields (see `COTArgumentsMixin`)."""
+
+    def __post_init__(self):
+        self._validate_cot_fields()
+        super().__post_init__()
