@@ -143,7 +143,8 @@ class COTMixin:
 
     def _shifts_labels(self) -> bool:
         base = _base_model(self.model)
-        return not getattr(base.config, "is_encoder_decoder", False) and type(base).__name__.endswith(_CAUSAL_SUFFIXES)
+        config = getattr(base, "config", None)
+        return not getattr(config, "is_encoder_decoder", False) and type(base).__name__.endswith(_CAUSAL_SUFFIXES)
 
     def _check_model_head(self) -> None:
         config = getattr(_base_model(self.model), "config", None)
@@ -204,7 +205,7 @@ class COTMixin:
         # Models that build decoder inputs from labels must get them explicitly, since labels are not passed: the
         # same decoder inputs then serve the CE and the complement forward.
         base = _base_model(self.model)
-        if getattr(base.config, "is_encoder_decoder", False) and not (
+        if getattr(getattr(base, "config", None), "is_encoder_decoder", False) and not (
             "decoder_input_ids" in model_inputs or "decoder_inputs_embeds" in model_inputs
         ):
             if not hasattr(base, "prepare_decoder_input_ids_from_labels"):
@@ -398,19 +399,26 @@ class COTMixin:
             return
         self.complement_steps += 1
         self._step_complement_scheduler(scheduler)
-        mean_entropy = entropy_sum / denominator  # this process's share of the global mean
+        # Divided by count / num_processes like the loss, so it is num_processes x this process's share of the global
+        # mean; `log` averages over processes (as the Trainer does for its loss), which gives the global mean.
+        mean_entropy = entropy_sum / denominator
         self._record("complement_entropy", mean_entropy)
         self._record("complement_loss", -mean_entropy / scale)
         self._cot_log_steps += 1
 
     def _step_complement_scheduler(self, scheduler) -> None:
-        if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            return
+        with warnings.catch_warnings():
+            # With complement_every > 1 the schedule advances before the optimizer's first step, on purpose.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
             scheduler.step()
 
     # ------------------------------------------------------------------ logging
 
     def _record(self, key: str, value: torch.Tensor) -> None:
-        """Accumulate this process's share of a per-step mean; `log` sums over processes and averages over steps."""
+        """Accumulate a per-step value normalized like the loss (by the global count / num_processes); `log` averages
+        over processes and steps, which gives the global per-step mean."""
         total = self._cot_sums.get(key)
         self._cot_sums[key] = value.float() if total is None else total + value.float()
 
@@ -424,7 +432,7 @@ class COTMixin:
                 keys = sorted(self._cot_sums)
                 values = torch.stack([self._cot_sums[k] for k in keys])
                 if self.accelerator.num_processes > 1:
-                    values = self.accelerator.reduce(values, reduction="sum")
+                    values = self.accelerator.reduce(values, reduction="mean")
                 for key, value in zip(keys, (values / self._cot_log_steps).tolist()):
                     logs[key] = value
             if self.cot_mode == "alternating":
@@ -456,7 +464,11 @@ class COTMixin:
                 stacklevel=2,
             )
             return
-        self._complement_optimizer.load_state_dict(torch.load(optimizer_file, map_location=self.args.device, weights_only=True))
+        # An indexed CPU device ("cpu:1" under MULTI_CPU/gloo) cannot be a map_location; the optimizer moves its state
+        # to each parameter's device itself.
+        device = self.args.device
+        map_location = "cpu" if device.type == "cpu" else device
+        self._complement_optimizer.load_state_dict(torch.load(optimizer_file, map_location=map_location, weights_only=True))
         self._complement_scheduler.load_state_dict(
             torch.load(os.path.join(checkpoint, COMPLEMENT_SCHEDULER_NAME), weights_only=True)
         )
