@@ -393,7 +393,10 @@ class COTMixin:
             optimizer.step()
         model.zero_grad(set_to_none=True)
         if not finite:
-            logger.warning("Non-finite complement loss or gradient at step %d: complement step skipped.", step_number)
+            if scaler is not None:  # routine while the fp16 GradScaler searches its scale
+                logger.info("fp16 overflow in the complement step at step %d: skipped, scale lowered.", step_number)
+            else:
+                logger.warning("Non-finite complement loss or gradient at step %d: complement step skipped.", step_number)
             # A skipped step does not advance its schedule, as the Trainer does for an fp16 overflow.
             self.complement_skipped_steps += 1
             return
