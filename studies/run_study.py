@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""Efficacy study runner: CE (plain Trainer, `--cot_mode off`) vs COT alternating / joint / guided on the embedded
+offline tasks, several seeds, same budget; plus an ablation of the complement step size.
+
+Every run is one command of an example script (printed, and saved as `command.txt` next to its `all_results.json`
+with `wall_time.json`), so every number in RESULTS.md is traceable. Runs that already have `all_results.json` are
+skipped, so an interrupted study resumes where it stopped.
+
+    python studies/run_study.py --plan bbc --seeds 0,1,2,3,4          # BBC News, 5 classes, MiniLM
+    python studies/run_study.py --plan ablation --seeds 0,1,2          # complement LR / normalization / every-k
+    python studies/run_study.py --plan books --seeds 0,1,2             # Bible verse -> book, 66 classes, MiniLM
+    python studies/run_study.py --plan translation --seeds 0,1,2       # es->en Bible, BERT2BERT
+    python studies/summarize.py                                        # tables + plots -> studies/results/
+
+`--extra` appends arguments to every run (e.g. a tiny local model for a smoke test); `--dry_run` only prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import random
+import shlex
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASSIFY = os.path.join(ROOT, "examples", "text-classification", "run_classification.py")
+TRANSLATE = os.path.join(ROOT, "examples", "translation", "run_translation.py")
+BIBLE = os.path.join(ROOT, "examples", "translation", "data", "bible_es_en.jsonl.gz")
+
+MODES = {
+    "ce": ["--cot_mode", "off"],
+    "alternating": ["--cot_mode", "alternating"],
+    "joint": ["--cot_mode", "joint"],
+    "guided": ["--cot_mode", "guided"],
+}
+# Ablation of the complement step on BBC (alternating); "alternating" itself is the lr x1 / log / every=1 point.
+ABLATION = {
+    "alt_lr0.1": ["--cot_mode", "alternating", "--complement_learning_rate", "3e-5"],
+    "alt_lr0.3": ["--cot_mode", "alternating", "--complement_learning_rate", "1e-4"],
+    "alternating": ["--cot_mode", "alternating"],
+    "alt_paper": ["--cot_mode", "alternating", "--complement_normalization", "paper"],
+    "alt_every2": ["--cot_mode", "alternating", "--complement_every", "2"],
+    "alt_sgd_log": ["--cot_mode", "alternating", "--optim", "sgd", "--learning_rate", "3e-2"],
+    "alt_sgd_paper": ["--cot_mode", "alternating", "--optim", "sgd", "--learning_rate", "3e-2", "--complement_normalization", "paper"],
+    "ce_sgd": ["--cot_mode", "off", "--optim", "sgd", "--learning_rate", "3e-2"],
+}
+
+COMMON = ["--report_to", "none", "--save_strategy", "no", "--eval_strategy", "no", "--logging_steps", "10",
+          "--disable_tqdm", "true", "--do_train", "--do_eval", "--do_predict"]
+CLASSIFY_BUDGET = ["--max_seq_length", "64", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "64",
+                   "--num_train_epochs", "1", "--learning_rate", "3e-4", "--warmup_steps", "5",
+                   "--fgsm_epsilons", "0.01,0.03,0.1"]
+PLANS = {
+    "bbc": (CLASSIFY, MODES, CLASSIFY_BUDGET + ["--max_train_samples", "800"]),
+    "ablation": (CLASSIFY, ABLATION, CLASSIFY_BUDGET + ["--max_train_samples", "800"]),
+    "books": (CLASSIFY, MODES, CLASSIFY_BUDGET + ["--text_column_name", "text", "--label_column_name", "label"]),
+    "translation": (TRANSLATE, MODES, [
+        "--predict_with_generate", "--max_source_length", "40", "--max_target_length", "40",
+        "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32", "--max_steps", "120",
+        "--learning_rate", "1e-4", "--warmup_steps", "10", "--max_eval_samples", "64", "--max_predict_samples", "200",
+        "--generation_max_length", "40", "--num_beams", "1",
+    ]),
+}
+
+
+def write_books_task(out_dir: str, train_per_book: int = 40, test_per_book: int = 12, seed: int = 0) -> list[str]:
+    """Verse -> book (66 classes) from the committed Bible corpus (English side), stratified by book, fixed seed."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, f"{s}.jsonl") for s in ("train", "validation", "test")]
+    if all(os.path.isfile(p) for p in paths):
+        return paths
+    by_book = defaultdict(list)
+    with gzip.open(BIBLE, "rt", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            by_book[row["book"]].append(row["translation"]["en"])
+    rng = random.Random(seed)
+    splits = {"train": [], "validation": [], "test": []}
+    for book in sorted(by_book):
+        verses = by_book[book][:]
+        rng.shuffle(verses)
+        n_test = min(test_per_book, len(verses) // 4)
+        n_val = min(test_per_book // 2, len(verses) // 8)
+        splits["test"] += [{"text": v, "label": book} for v in verses[:n_test]]
+        splits["validation"] += [{"text": v, "label": book} for v in verses[n_test:n_test + n_val]]
+        splits["train"] += [{"text": v, "label": book} for v in verses[n_test + n_val:n_test + n_val + train_per_book]]
+    for path, (name, rows) in zip(paths, splits.items()):
+        with open(path, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+    return paths
+
+
+def run_one(script, args, out_dir, dry_run=False) -> None:
+    results = os.path.join(out_dir, "all_results.json")
+    cmd = [sys.executable, script, "--output_dir", out_dir] + args
+    printable = " ".join(shlex.quote(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c) for c in cmd[1:])
+    if os.path.isfile(results):
+        print(f"[study] done already: {out_dir}", flush=True)
+        return
+    print(f"[study] python {printable}", flush=True)
+    if dry_run:
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    start = time.time()
+    with open(os.path.join(out_dir, "log.txt"), "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    wall = time.time() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"[study] run failed ({proc.returncode}); see {out_dir}/log.txt")
+    with open(os.path.join(out_dir, "command.txt"), "w") as f:
+        f.write(f"python {printable}\n")
+    with open(os.path.join(out_dir, "wall_time.json"), "w") as f:
+        json.dump({"wall_time_s": wall}, f)
+    print(f"[study]   {wall:.0f} s", flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--plan", choices=sorted(PLANS), required=True)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--variants", default=None, help="comma-separated subset of the plan's variants")
+    parser.add_argument("--out", default=os.path.join(ROOT, "studies", "runs"))
+    parser.add_argument("--extra", default="", help="extra arguments for every run (shell-quoted string)")
+    parser.add_argument("--dry_run", action="store_true")
+    opts = parser.parse_args(argv)
+
+    script, variants, budget = PLANS[opts.plan]
+    budget = COMMON + list(budget)
+    if opts.plan == "books":
+        train, val, test = write_books_task(os.path.join(opts.out, "books_data"))
+        budget += ["--train_file", train, "--validation_file", val, "--test_file", test]
+    names = opts.variants.split(",") if opts.variants else list(variants)
+    seeds = [int(s) for s in opts.seeds.split(",")]
+    extra = shlex.split(opts.extra)
+    # Seeds outermost: a partial study still compares every variant on the same seeds.
+    for seed in seeds:
+        for name in names:
+            out_dir = os.path.join(opts.out, opts.plan, name, f"seed{seed}")
+            run_one(script, variants[name] + budget + ["--seed", str(seed)] + extra, out_dir, opts.dry_run)
+
+
+if __name__ == "__main__":
+    main()

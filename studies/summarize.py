@@ -1,0 +1,188 @@
+#!/usr/bin/env python
+"""Summarize the study runs (studies/run_study.py) into tables (mean ± std over seeds) and plots.
+
+    python studies/summarize.py [--runs studies/runs] [--out studies/results] [--no_probabilities]
+
+Writes `results.md` (the tables pasted into RESULTS.md), `results.json`, `learning_curves.png` and
+`wrong_class_probabilities.png` (the paper's diagnostic: mean wrong-class probabilities sorted in decreasing order,
+on the BBC test set, for the seed-0 model of each variant; computed by loading the saved models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import statistics
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+CLASSIFICATION_KEYS = [
+    ("predict_accuracy", "accuracy", 100),
+    ("predict_macro_f1", "macro-F1", 100),
+    ("predict_complement_entropy", "test H (nats)", 1),
+    ("predict_normalized_complement_entropy", "H / log(K-1)", 1),
+    ("fgsm_accuracy_eps_0.01", "FGSM acc @0.01", 100),
+    ("fgsm_accuracy_eps_0.03", "FGSM acc @0.03", 100),
+    ("fgsm_accuracy_eps_0.1", "FGSM acc @0.1", 100),
+    ("train_runtime", "train s", 1),
+    ("wall_time_s", "wall s", 1),
+]
+TRANSLATION_KEYS = [
+    ("predict_bleu", "BLEU", 1),
+    ("predict_chrf", "chrF", 1),
+    ("eval_loss", "val loss", 1),
+    ("train_runtime", "train s", 1),
+    ("wall_time_s", "wall s", 1),
+]
+
+
+def load_runs(runs_dir: str) -> dict:
+    """{plan: {variant: [results per seed]}}"""
+    table: dict = {}
+    for path in sorted(glob.glob(os.path.join(runs_dir, "*", "*", "seed*", "all_results.json"))):
+        seed_dir = os.path.dirname(path)
+        variant_dir = os.path.dirname(seed_dir)
+        plan = os.path.basename(os.path.dirname(variant_dir))
+        with open(path) as f:
+            result = json.load(f)
+        wall = os.path.join(seed_dir, "wall_time.json")
+        if os.path.isfile(wall):
+            with open(wall) as f:
+                result.update(json.load(f))
+        result["_dir"] = seed_dir
+        table.setdefault(plan, {}).setdefault(os.path.basename(variant_dir), []).append(result)
+    return table
+
+
+def mean_std(values):
+    if not values:
+        return None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def markdown_table(plan: str, variants: dict, keys) -> tuple[str, dict]:
+    present = [(k, label, scale) for k, label, scale in keys if any(k in r for runs in variants.values() for r in runs)]
+    lines = [f"| variant | seeds | " + " | ".join(label for _, label, _ in present) + " |",
+             "|---|---|" + "---|" * len(present)]
+    summary = {}
+    order = ["ce", "alternating", "joint", "guided"]
+    for name in sorted(variants, key=lambda v: (order.index(v) if v in order else len(order), v)):
+        runs = variants[name]
+        cells, summary[name] = [], {"seeds": len(runs)}
+        for key, _, scale in present:
+            stats = mean_std([r[key] * scale for r in runs if key in r])
+            summary[name][key] = stats
+            cells.append("—" if stats is None else (f"{stats[0]:.2f} ± {stats[1]:.2f}" if scale != 1 or stats[0] < 100 else f"{stats[0]:.0f} ± {stats[1]:.0f}"))
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines), summary
+
+
+def plot_learning_curves(table: dict, out_png: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plans = [p for p in ("bbc", "books", "translation") if p in table]
+    if not plans:
+        return
+    fig, axes = plt.subplots(1, len(plans), figsize=(5 * len(plans), 3.6), squeeze=False)
+    for ax, plan in zip(axes[0], plans):
+        for variant, runs in sorted(table[plan].items()):
+            curves = []
+            for r in runs:
+                state = os.path.join(r["_dir"], "trainer_state.json")
+                if os.path.isfile(state):
+                    with open(state) as f:
+                        history = json.load(f)["log_history"]
+                    curves.append({h["step"]: h["loss"] for h in history if "loss" in h})
+            if not curves:
+                continue
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            ax.plot(steps, [statistics.mean(c[s] for c in curves) for s in steps], label=variant)
+        ax.set_title(f"{plan}: training loss (mean over seeds)")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("logged loss")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+
+
+def sorted_wrong_class_probabilities(model_dir: str, texts, labels, max_length: int = 64):
+    import numpy as np
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hf_cot import metrics as cot_metrics
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    logits = []
+    with torch.no_grad():
+        for i in range(0, len(texts), 64):
+            enc = tok(texts[i:i + 64], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            logits.append(model(**enc).logits.float().numpy())
+    result = cot_metrics.load("complement_entropy").compute(
+        predictions=np.concatenate(logits), references=labels, return_sorted_probabilities=True
+    )
+    return result["sorted_wrong_class_probabilities"]
+
+
+def plot_wrong_class_probabilities(table: dict, out_png: str) -> dict:
+    sys.path.insert(0, os.path.join(ROOT, "examples", "text-classification"))
+    from bbc_news import load_bbc_news
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    test = load_bbc_news()["test"]
+    curves = {}
+    for variant, runs in sorted(table.get("bbc", {}).items()):
+        seed0 = [r["_dir"] for r in runs if r["_dir"].endswith("seed0")]
+        if seed0 and os.path.isfile(os.path.join(seed0[0], "config.json")):
+            curves[variant] = sorted_wrong_class_probabilities(seed0[0], list(test["text"]), list(test["label"]))
+    if not curves:
+        return {}
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for variant, curve in curves.items():
+        ax.plot(range(1, len(curve) + 1), curve, marker="o", label=variant)
+    ax.set_yscale("log")
+    ax.set_xlabel("wrong class, by decreasing probability")
+    ax.set_ylabel("mean predicted probability")
+    ax.set_title("BBC test set, seed 0: wrong-class probabilities")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    return curves
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default=os.path.join(ROOT, "studies", "runs"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "studies", "results"))
+    parser.add_argument("--no_probabilities", action="store_true", help="skip the plot that loads saved models")
+    opts = parser.parse_args(argv)
+    os.makedirs(opts.out, exist_ok=True)
+    table = load_runs(opts.runs)
+    sections, summary = [], {}
+    for plan in sorted(table):
+        keys = TRANSLATION_KEYS if plan == "translation" else CLASSIFICATION_KEYS
+        text, summary[plan] = markdown_table(plan, table[plan], keys)
+        sections.append(f"### {plan}\n\n{text}\n")
+    with open(os.path.join(opts.out, "results.md"), "w") as f:
+        f.write("\n".join(sections))
+    plot_learning_curves(table, os.path.join(opts.out, "learning_curves.png"))
+    if not opts.no_probabilities:
+        summary["wrong_class_probabilities"] = plot_wrong_class_probabilities(table, os.path.join(opts.out, "wrong_class_probabilities.png"))
+    with open(os.path.join(opts.out, "results.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print("\n".join(sections))
+
+
+if __name__ == "__main__":
+    main()
