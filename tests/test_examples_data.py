@@ -292,7 +292,5 @@ def test_minilm_path_and_its_error_message(monkeypatch):
 
 def test_bbc_train_prefix_covers_every_class():
     """The corpus is ordered by class; --max_train_samples takes a prefix, which must not drop classes."""
-    from bbc_news import load_bbc_news
-
-    prefix = load_bbc_news()["train"]["label"][:100]
+    prefix = bbc.load_bbc_news()["train"]["label"][:100]
     assert set(prefix) == set(range(5))
