@@ -3,7 +3,7 @@
 offline tasks, several seeds, same budget; plus an ablation of the complement step size.
 
 Every run is one command of an example script (printed, and saved as `command.txt` next to its `all_results.json`
-with `wall_time.json`), so every number in RESULTS.md is traceable. Runs that already have `all_results.json` are
+with `wall_time.json`), so every number in RESULTS.md is traceable. Runs that already finished (`wall_time.json`) are
 skipped, so an interrupted study resumes where it stopped.
 
     python studies/run_study.py --plan bbc --seeds 0,1,2,3,4          # BBC News, 5 classes, MiniLM
@@ -98,10 +98,10 @@ def write_books_task(out_dir: str, train_per_book: int = 40, test_per_book: int 
 
 
 def run_one(script, args, out_dir, dry_run=False) -> None:
-    results = os.path.join(out_dir, "all_results.json")
+    done_marker = os.path.join(out_dir, "wall_time.json")  # written last; all_results.json grows during a run
     cmd = [sys.executable, script, "--output_dir", out_dir] + args
     printable = " ".join(shlex.quote(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c) for c in cmd[1:])
-    if os.path.isfile(results):
+    if os.path.isfile(done_marker):
         print(f"[study] done already: {out_dir}", flush=True)
         return
     print(f"[study] python {printable}", flush=True)
@@ -116,7 +116,7 @@ def run_one(script, args, out_dir, dry_run=False) -> None:
         raise SystemExit(f"[study] run failed ({proc.returncode}); see {out_dir}/log.txt")
     with open(os.path.join(out_dir, "command.txt"), "w") as f:
         f.write(f"python {printable}\n")
-    with open(os.path.join(out_dir, "wall_time.json"), "w") as f:
+    with open(done_marker, "w") as f:
         json.dump({"wall_time_s": wall}, f)
     print(f"[study]   {wall:.0f} s", flush=True)
 

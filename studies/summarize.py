@@ -49,9 +49,10 @@ def load_runs(runs_dir: str) -> dict:
         with open(path) as f:
             result = json.load(f)
         wall = os.path.join(seed_dir, "wall_time.json")
-        if os.path.isfile(wall):
-            with open(wall) as f:
-                result.update(json.load(f))
+        if not os.path.isfile(wall):  # still running, or failed
+            continue
+        with open(wall) as f:
+            result.update(json.load(f))
         result["_dir"] = seed_dir
         table.setdefault(plan, {}).setdefault(os.path.basename(variant_dir), []).append(result)
     return table
