@@ -4,15 +4,17 @@ Notation: logits ``z`` of shape ``[..., K]``, ground-truth index ``g``. The comp
 softmax over the non-ground-truth logits only, ``q_j = softmax(z_{-g})_j = p_j / (1 - p_g)`` for ``j != g``
 (exactly, with no epsilon). Its entropy ``H = -sum_{j != g} q_j log q_j`` is what COT maximizes.
 
-Streaming identities used by the chunked kernel (derived in ``docs``/notes, checked by the tests):
+Streaming identities used by the chunked kernel (derived in ``docs``/notes, checked by the tests), with ``M`` the
+largest non-target logit of a row, ``e_j = exp(z_j - M)``, ``s = sum_{j != g} e_j``, ``E = sum_{j != g} e_j (z_j - M)``:
 
-* ``L = logsumexp_{j != g} z_j``, ``log q_j = z_j - L``;
-* ``H = -sum_j q_j log q_j``;
+* ``L = logsumexp_{j != g} z_j = M + log s``, ``log q_j = z_j - L``;
+* ``H = -sum_j q_j log q_j = log s - E / s``;
 * ``dH/dz_k = -q_k (log q_k + H)`` for ``k != g`` and ``0`` at ``g``.
 
-So the backward pass needs only the input logits plus two floats per row (``L`` and ``H``): the kernel keeps
-no activation besides the gradient buffer it returns, and processes rows in chunks so that its float32
-temporaries stay small whatever the vocabulary size.
+So the backward pass needs only the input logits plus a few floats per row (``M``, ``log s``, ``H``; ``e`` is
+recomputed): the kernel keeps no activation besides the gradient buffer it returns, and processes rows in chunks
+so that its two float32 work buffers stay small whatever the vocabulary size (on CPU, small enough to stay in
+cache).
 """
 
 from __future__ import annotations
@@ -31,11 +33,25 @@ __all__ = [
 
 NORMALIZATIONS = ("log", "paper", "none")
 _REDUCTIONS = ("mean", "sum", "none")
-# Rows per chunk are chosen so that one float32 temporary holds about this many elements (16 MiB).
+# Elements per chunk of rows. Each chunk needs two float32 work buffers of this size.
+# * CPU, one intra-op thread: 2**17 elements (two 512 KiB buffers) keep a chunk inside the L2 cache, so the ~7
+#   elementwise passes over a chunk cost about one pass over DRAM (the loss then runs as fast as cross_entropy or
+#   faster). Bigger chunks (2**22) spill to DRAM: 15-20% slower, measured at N x V = 1024 x 32000 and 256 x 128000.
+# * CPU with several threads, and accelerators: 2**22 elements (16 MiB buffers). Every op of a chunk is one
+#   parallel region (OpenMP fork/join) or one kernel launch; small chunks multiply them. On an idle CPU a region
+#   costs microseconds, but when the cores are oversubscribed each one can wait a scheduler tick for a descheduled
+#   thread: with two threads on a 2-core machine at load ~6, 2**18-element chunks made the loss 15x slower than with
+#   one thread; 2**22 keeps that to ~2.5x. (On a busy CPU, torch.set_num_threads(1) is the fastest setting.)
 _CHUNK_ELEMENTS = 1 << 22
-# exp(x) == 0 in float32 for x < -104, so clamping log q at this value changes no output bit; it only turns the
-# masked ground-truth entry (log q = -inf) into a finite number so that 0 * log q stays 0 instead of NaN.
-_LOG_Q_FLOOR = -1.0e4
+_CHUNK_ELEMENTS_CPU = 1 << 17
+# The shifted logits z_j - M (M = the row's largest non-target logit, so they are <= 0) are floored at -87
+# (exp(-87) = 1.6e-38, just above the smallest normal float32, exp(-87.3)):
+# * it turns the masked ground-truth entry and -inf logits into finite numbers, so e * z' is never 0 * -inf = NaN;
+# * every exp stays in the normal range: on x86 CPUs exp (and the multiplies after it) take a slow path, up to
+#   100x slower, for subnormal or underflowing results, which peaked real-world logits produce in bulk.
+# A floored entry adds at most 1.6e-38 to s >= 1 (invisible in float32) and 1.4e-36 to H and to its own gradient;
+# the ground-truth gradient is overwritten exactly. This is not an epsilon: no q above exp(-87) is changed.
+_LOG_Q_FLOOR = -87.0
 
 
 def complement_normalizer(num_classes: int, normalization: str) -> float:
@@ -60,70 +76,122 @@ def complement_normalizer(num_classes: int, normalization: str) -> float:
     return 1.0
 
 
-def _chunk_rows(num_classes: int, chunk_size: int | None) -> int:
+def _chunk_rows(logits: torch.Tensor, chunk_size: int | None) -> int:
     if chunk_size is not None:
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
         return chunk_size
-    return max(1, _CHUNK_ELEMENTS // num_classes)
+    if logits.device.type == "cpu" and torch.get_num_threads() == 1:
+        return max(1, _CHUNK_ELEMENTS_CPU // logits.shape[-1])
+    return max(1, _CHUNK_ELEMENTS // logits.shape[-1])
 
 
-def _masked_log_q(z_chunk: torch.Tensor, target: torch.Tensor, lse: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 ``log q`` of a chunk (ground truth masked out) and the row-wise ``L``; never modifies the input."""
-    z = z_chunk.to(torch.float32, copy=True)
-    z.scatter_(1, target.unsqueeze(1), float("-inf"))
-    if lse is None:
-        lse = torch.logsumexp(z, dim=1)
-    z.sub_(lse.unsqueeze(1)).clamp_(min=_LOG_Q_FLOOR)
-    return z, lse
+def _shifted_chunk(src: torch.Tensor, target: torch.Tensor, z: torch.Tensor, row_max: torch.Tensor | None):
+    """``z`` (float32 ``[m, K]``) := ``max(src - M, floor)`` with the targets masked out, and the row-wise ``M``.
+
+    ``M`` is the max of the non-target logits of a row: ``None`` to compute it (it is returned), else the value
+    saved by the forward. Then ``exp(z) / s`` with ``s = sum exp(z)`` is ``q`` (up to the floor) and
+    ``log q = z - log s``. The target entry becomes the floor (``exp`` of it is ~1e-38; callers overwrite its
+    gradient). A row whose non-target logits are all -inf (``M == -inf``, empty complement) gets 0 at its target
+    instead, so every value stays finite: its ``H`` is then ~0 with a ~0 gradient. NaN logits give NaN.
+    """
+    target = target.unsqueeze(1)
+    z.copy_(src)
+    if row_max is None:
+        z.scatter_(1, target, float("-inf"))
+        row_max = torch.amax(z, 1)
+    degenerate = row_max == float("-inf")
+    z.scatter_(1, target, torch.where(degenerate, 0.0, float("-inf")).unsqueeze(1))
+    z.sub_(row_max.masked_fill(degenerate, 0.0).unsqueeze(1)).clamp_(min=_LOG_Q_FLOOR)
+    return row_max
 
 
 class _ComplementEntropyFunction(torch.autograd.Function):
     """Row-wise complement entropy ``H`` and ground-truth log-probability ``log p_g`` of ``[N, K]`` logits.
 
-    Rows with ``valid == False`` give 0 for both. ``log p_g = z_g - logaddexp(L, z_g)`` comes for free from ``L``,
-    which lets GCE use the same single pass (no full-vocabulary log-softmax).
+    Rows with ``valid == False`` give 0 for both. With ``M`` the max of a row's non-target logits,
+    ``z'_j = z_j - M`` (floored), ``e_j = exp(z'_j)``, ``s = sum_{j != g} e_j``, ``E = sum_{j != g} e_j z'_j``:
+
+    * ``q_j = e_j / s``, ``log q_j = z'_j - log s``, so ``H = -sum q log q = log s - E / s``;
+    * ``L = logsumexp_{j != g} z_j = M + log s`` and ``log p_g = z_g - logaddexp(L, z_g)`` (only when
+      ``with_log_pg``), which lets GCE use the same single pass (no full-vocabulary log-softmax);
+    * the gradient ``q_k (a log q_k + b)`` (see ``backward``) is ``e_k (alpha z'_k + beta)`` with per-row
+      ``alpha = a / s``, ``beta = (b - a log s) / s``.
+
+    Per chunk of rows two float32 work buffers are reused; the backward recomputes ``z'`` and ``e`` from the logits
+    (saved: only ``M`` and ``log s`` per row) and writes straight into the one logits-sized gradient buffer.
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, chunk: int):
-        n = logits.shape[0]
-        entropy = logits.new_zeros(n, dtype=torch.float32)
-        lse = logits.new_zeros(n, dtype=torch.float32)
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, chunk: int, with_log_pg: bool):
+        ctx.set_materialize_grads(False)
+        n, k = logits.shape
+        row_max = logits.new_empty(n, dtype=torch.float32)
+        sum_e = logits.new_empty(n, dtype=torch.float32)
+        sum_ez = logits.new_empty(n, dtype=torch.float32)
+        rows = max(1, min(chunk, n))
+        z_buf = logits.new_empty(rows, k, dtype=torch.float32)
+        e_buf = torch.empty_like(z_buf)
         for start in range(0, n, chunk):
-            sl = slice(start, min(start + chunk, n))
-            log_q, row_lse = _masked_log_q(logits[sl], target[sl], None)
-            q = log_q.exp()
-            entropy[sl] = -(q.mul_(log_q)).sum(dim=1)
-            lse[sl] = row_lse
-        entropy.masked_fill_(~valid, 0.0)
-        z_g = logits.gather(1, target.unsqueeze(1)).squeeze(1).float()
-        log_pg = (z_g - torch.logaddexp(lse, z_g)).masked_fill_(~valid, 0.0)
-        ctx.save_for_backward(logits, target, valid, lse, entropy, log_pg)
+            end = min(start + chunk, n)
+            z, e = z_buf[: end - start], e_buf[: end - start]
+            row_max[start:end] = _shifted_chunk(logits[start:end], target[start:end], z, None)
+            torch.exp(z, out=e)
+            torch.sum(e, 1, out=sum_e[start:end])
+            torch.sum(e.mul_(z), 1, out=sum_ez[start:end])
+        entropy = sum_ez.div_(sum_e).neg_()
+        log_s = sum_e.log_()
+        entropy = entropy.add_(log_s).masked_fill_(~valid, 0.0)
+        if with_log_pg:
+            z_g = logits.gather(1, target.unsqueeze(1)).squeeze(1).float()
+            log_pg = z_g - torch.logaddexp(row_max + log_s, z_g)
+            # z_g == -inf: p_g == 0 even when every logit is -inf (where logaddexp gives -inf - -inf = NaN).
+            log_pg = log_pg.masked_fill_(z_g == float("-inf"), float("-inf")).masked_fill_(~valid, 0.0)
+        else:
+            log_pg = entropy.new_zeros(n)
+            ctx.mark_non_differentiable(log_pg)
+        ctx.save_for_backward(logits, target, valid, entropy, log_pg, row_max, log_s)
         ctx.chunk = chunk
         return entropy, log_pg
 
     @staticmethod
-    def backward(ctx, grad_entropy: torch.Tensor, grad_log_pg: torch.Tensor):
-        logits, target, valid, lse, entropy, log_pg = ctx.saved_tensors
+    def backward(ctx, grad_entropy, grad_log_pg):
+        logits, target, valid, entropy, log_pg, row_max, log_s = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None
+            return None, None, None, None, None
+        n, k = logits.shape
         chunk = ctx.chunk
-        g_h = grad_entropy.to(torch.float32).masked_fill(~valid, 0.0)
-        # d log p_g / dz_k = -p_k = -q_k (1 - p_g) for k != g, and (1 - p_g) at g.
-        g_lp = grad_log_pg.to(torch.float32).masked_fill(~valid, 0.0) * (-torch.expm1(log_pg))
-        # The one logits-sized buffer, in the input dtype.
-        grad_logits = torch.empty_like(logits)
-        for start in range(0, logits.shape[0], chunk):
-            sl = slice(start, min(start + chunk, logits.shape[0]))
-            log_q, _ = _masked_log_q(logits[sl], target[sl], lse[sl])
-            q = log_q.exp()
-            # dH/dz_k = -q_k (log q_k + H) for k != g; q_g == 0 exactly, so the ground truth gets 0 from H.
-            coef_h = g_h[sl].unsqueeze(1)
-            log_q.add_(entropy[sl].unsqueeze(1)).mul_(coef_h).add_(g_lp[sl].unsqueeze(1)).mul_(q).neg_()
-            log_q.scatter_(1, target[sl].unsqueeze(1), g_lp[sl].unsqueeze(1))
-            grad_logits[sl] = log_q
-        return grad_logits, None, None, None
+        # dH/dz_k = -q_k (log q_k + H) and d log p_g / dz_k = -p_k = -q_k (1 - p_g) for k != g, so the gradient
+        # is q_k (a log q_k + b) off the target with a = -g_H, b = -(g_H H + g_lp (1 - p_g)); at the target it is
+        # g_lp (1 - p_g) (H does not depend on z_g).
+        g_h = entropy.new_zeros(n) if grad_entropy is None else grad_entropy.to(torch.float32).masked_fill(~valid, 0.0)
+        a = g_h.neg()
+        b = a * entropy
+        at_target = entropy.new_zeros(n)
+        if grad_log_pg is not None:
+            at_target = grad_log_pg.to(torch.float32).masked_fill(~valid, 0.0) * (-torch.expm1(log_pg))
+            b = b - at_target
+        inv_s = log_s.neg().exp_()
+        alpha = (a * inv_s).masked_fill_(~valid, 0.0).unsqueeze(1)
+        beta = ((b - a * log_s) * inv_s).masked_fill_(~valid, 0.0).unsqueeze(1)
+        at_target = at_target.unsqueeze(1)
+        grad_logits = torch.empty_like(logits, memory_format=torch.contiguous_format)
+        rows = max(1, min(chunk, n))
+        z_buf = logits.new_empty(rows, k, dtype=torch.float32)
+        e_buf = torch.empty_like(z_buf)
+        for start in range(0, n, chunk):
+            end = min(start + chunk, n)
+            z, e = z_buf[: end - start], e_buf[: end - start]
+            _shifted_chunk(logits[start:end], target[start:end], z, row_max[start:end])
+            torch.exp(z, out=e)
+            if k >= 64:  # two plain broadcast ops beat addcmul on long rows (and lose to it on short ones)
+                z.mul_(alpha[start:end]).add_(beta[start:end])
+            else:
+                torch.addcmul(beta[start:end], z, alpha[start:end], out=z)
+            out = grad_logits[start:end]
+            torch.mul(z, e, out=out)
+            out.scatter_(1, target[start:end].unsqueeze(1), at_target[start:end].to(out.dtype))
+        return grad_logits, None, None, None, None
 
 
 def _flatten(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int):
@@ -131,7 +199,9 @@ def _flatten(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int):
         raise TypeError("logits must be a floating-point tensor of shape [..., K]")
     if logits.dim() < 1:
         raise ValueError("logits must have a class dimension: shape [..., K]")
-    if labels.is_floating_point() or labels.is_complex():
+    if not torch.is_tensor(labels):
+        raise TypeError(f"labels must be an integer tensor of class indices, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"labels must be an integer tensor of class indices, got dtype {labels.dtype}")
     if tuple(labels.shape) != tuple(logits.shape[:-1]):
         raise ValueError(
@@ -186,15 +256,16 @@ def complement_entropy(
         labels: ``[...]`` integer class indices; positions equal to ``ignore_index`` contribute nothing.
         reduction: ``"mean"`` over valid positions (0.0 with a zero gradient when none are valid), ``"sum"`` or
             ``"none"`` (shape ``[...]``, 0 at ignored positions).
-        chunk_size: rows processed at a time (default: about 4M float32 elements per chunk).
+        chunk_size: rows processed at a time (default: about 128k float32 elements per chunk on CPU, 4M on
+            accelerators).
 
     Returns:
         A float32 tensor, differentiable with respect to ``logits``. COT *maximizes* this quantity.
     """
     _check_reduction(reduction)
     flat_logits, target, valid = _flatten(logits, labels, ignore_index)
-    chunk = _chunk_rows(flat_logits.shape[1], chunk_size)
-    per_row, _ = _ComplementEntropyFunction.apply(flat_logits, target, valid, chunk)
+    chunk = _chunk_rows(flat_logits, chunk_size)
+    per_row, _ = _ComplementEntropyFunction.apply(flat_logits, target, valid, chunk, False)
     return _reduce(per_row, valid, reduction, labels.shape)
 
 
@@ -223,14 +294,16 @@ def complement_terms(
     """Per-position ``(H, log p_g, valid)`` over the flattened positions, from one chunked pass (for trainers that
     need both the loss and the entropy it implies without a second pass)."""
     flat_logits, target, valid = _flatten(logits, labels, ignore_index)
-    chunk = _chunk_rows(flat_logits.shape[1], chunk_size)
-    entropy, log_pg = _ComplementEntropyFunction.apply(flat_logits, target, valid, chunk)
+    chunk = _chunk_rows(flat_logits, chunk_size)
+    entropy, log_pg = _ComplementEntropyFunction.apply(flat_logits, target, valid, chunk, True)
     return entropy, log_pg, valid
 
 
 def guided_rows(entropy: torch.Tensor, log_pg: torch.Tensor, valid: torch.Tensor, num_classes: int, alpha: float):
     """GCE per position from `complement_terms`: ``-p_g^alpha * H / log(K - 1)`` (0 where invalid)."""
-    guide = torch.exp(alpha * log_pg).masked_fill(~valid, 0.0)
+    # p_g ** 0 == 1 even where p_g == 0 (exp(0 * -inf) would be NaN)
+    guide = torch.exp(alpha * log_pg) if alpha != 0 else torch.ones_like(log_pg)
+    guide = guide.masked_fill(~valid, 0.0)
     return -guide * entropy / complement_normalizer(num_classes, "log")
 
 

@@ -328,7 +328,10 @@ def test_degenerate_rows_are_finite():
         [[1.0, -INF, -INF], [-INF, -INF, -INF], [-INF, 2.0, -INF], [0.5, -INF, 0.0]], requires_grad=True
     )
     labels = torch.tensor([0, 1, 0, 1])
-    for fn in (complement_entropy, guided_complement_entropy, lambda z, y, **kw: guided_complement_entropy(z, y, alpha=0, **kw)):
+    def gce_alpha_0(z, y, **kwargs):
+        return guided_complement_entropy(z, y, alpha=0, **kwargs)
+
+    for fn in (complement_entropy, guided_complement_entropy, gce_alpha_0):
         logits.grad = None
         out = fn(logits, labels, reduction="none")
         out.sum().backward()
