@@ -16,6 +16,7 @@ Everything but the two trainer/argument classes comes from run_classification.py
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -56,7 +57,8 @@ def run(name, trainer_class, args_class, opts, data):
         per_device_train_batch_size=opts.batch_size,
         per_device_eval_batch_size=64,
         learning_rate=opts.learning_rate,
-        warmup_steps=0.1,  # a float below 1 is a ratio of the training steps
+        # 10% warm-up, as an integer: transformers 4.x has no float warmup_steps and 5.x no warmup_ratio.
+        warmup_steps=max(1, int(0.1 * math.ceil(len(train) / opts.batch_size) * opts.num_train_epochs)),
         seed=opts.seed,
         logging_steps=10,
         save_strategy="no",
