@@ -143,7 +143,8 @@ def main(argv=None):
     for seed in seeds:
         for name in names:
             out_dir = os.path.join(opts.out, opts.plan, name, f"seed{seed}")
-            run_one(script, variants[name] + budget + ["--seed", str(seed)] + extra, out_dir, opts.dry_run)
+            # Variant arguments after the budget: argparse keeps the last value, so a variant may override the budget.
+            run_one(script, budget + variants[name] + ["--seed", str(seed)] + extra, out_dir, opts.dry_run)
 
 
 if __name__ == "__main__":
