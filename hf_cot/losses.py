@@ -106,6 +106,16 @@ def _shifted_chunk(src: torch.Tensor, target: torch.Tensor, z: torch.Tensor, row
     return row_max
 
 
+def _chunks(logits: torch.Tensor, chunk: int):
+    """Yield ``(start, end, z, e)`` over row chunks, ``z`` and ``e`` being views of two reused float32 work buffers."""
+    n, k = logits.shape
+    z_buf = logits.new_empty(max(1, min(chunk, n)), k, dtype=torch.float32)
+    e_buf = torch.empty_like(z_buf)
+    for start in range(0, n, chunk):
+        end = min(start + chunk, n)
+        yield start, end, z_buf[: end - start], e_buf[: end - start]
+
+
 class _ComplementEntropyFunction(torch.autograd.Function):
     """Row-wise complement entropy ``H`` and ground-truth log-probability ``log p_g`` of ``[N, K]`` logits.
 
@@ -129,12 +139,7 @@ class _ComplementEntropyFunction(torch.autograd.Function):
         row_max = logits.new_empty(n, dtype=torch.float32)
         sum_e = logits.new_empty(n, dtype=torch.float32)
         sum_ez = logits.new_empty(n, dtype=torch.float32)
-        rows = max(1, min(chunk, n))
-        z_buf = logits.new_empty(rows, k, dtype=torch.float32)
-        e_buf = torch.empty_like(z_buf)
-        for start in range(0, n, chunk):
-            end = min(start + chunk, n)
-            z, e = z_buf[: end - start], e_buf[: end - start]
+        for start, end, z, e in _chunks(logits, chunk):
             row_max[start:end] = _shifted_chunk(logits[start:end], target[start:end], z, None)
             torch.exp(z, out=e)
             torch.sum(e, 1, out=sum_e[start:end])
@@ -176,12 +181,7 @@ class _ComplementEntropyFunction(torch.autograd.Function):
         beta = ((b - a * log_s) * inv_s).masked_fill_(~valid, 0.0).unsqueeze(1)
         at_target = at_target.unsqueeze(1)
         grad_logits = torch.empty_like(logits, memory_format=torch.contiguous_format)
-        rows = max(1, min(chunk, n))
-        z_buf = logits.new_empty(rows, k, dtype=torch.float32)
-        e_buf = torch.empty_like(z_buf)
-        for start in range(0, n, chunk):
-            end = min(start + chunk, n)
-            z, e = z_buf[: end - start], e_buf[: end - start]
+        for start, end, z, e in _chunks(logits, chunk):
             _shifted_chunk(logits[start:end], target[start:end], z, row_max[start:end])
             torch.exp(z, out=e)
             if k >= 64:  # two plain broadcast ops beat addcmul on long rows (and lose to it on short ones)
