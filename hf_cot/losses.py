@@ -194,6 +194,18 @@ class _ComplementEntropyFunction(torch.autograd.Function):
         return grad_logits, None, None, None, None
 
 
+def check_label_range(labels: torch.Tensor, num_classes: int, ignore_index: int = -100) -> torch.Tensor:
+    """Raise a ValueError naming the first label outside ``[0, K)`` that is not ``ignore_index``; return the valid mask."""
+    valid = labels != ignore_index
+    bad = valid & ((labels < 0) | (labels >= num_classes))
+    if bool(bad.any()):
+        raise ValueError(
+            f"label {int(labels[bad][0])} is outside [0, {num_classes}) and is not ignore_index={ignore_index}: "
+            "check num_labels / the vocabulary size, or mark padding with ignore_index"
+        )
+    return valid
+
+
 def _flatten(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int):
     if not torch.is_tensor(logits) or not logits.is_floating_point():
         raise TypeError("logits must be a floating-point tensor of shape [..., K]")
@@ -213,14 +225,7 @@ def _flatten(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int):
         raise ValueError(f"the complement needs at least 2 classes, got K={num_classes}")
     flat_logits = logits.reshape(-1, num_classes)
     flat_labels = labels.reshape(-1).long()
-    valid = flat_labels != ignore_index
-    bad = valid & ((flat_labels < 0) | (flat_labels >= num_classes))
-    if bool(bad.any()):
-        offender = int(flat_labels[bad][0])
-        raise ValueError(
-            f"label {offender} is outside [0, {num_classes}) and is not ignore_index={ignore_index}: "
-            "check num_labels / the vocabulary size, or mark padding with ignore_index"
-        )
+    valid = check_label_range(flat_labels, num_classes, ignore_index)
     target = flat_labels.masked_fill(~valid, 0)
     return flat_logits, target, valid
 

@@ -31,7 +31,7 @@ from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
 from transformers.optimization import get_scheduler
 
 from .config import COTArgumentsMixin
-from .losses import complement_entropy, complement_normalizer, complement_terms, guided_rows
+from .losses import check_label_range, complement_entropy, complement_normalizer, complement_terms, guided_rows
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +229,13 @@ class COTMixin:
             raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}")
         return logits, labels
 
+    def _forward(self, model, inputs: dict):
+        """One forward without labels; returns ``(outputs, logits, labels)`` aligned position by position."""
+        labels, model_inputs = self._split_labels(inputs)
+        outputs = model(**model_inputs)
+        logits, labels = self._logits_and_labels(outputs, labels)
+        return outputs, logits, labels
+
     def _count_valid(self, batch: dict) -> torch.Tensor:
         labels = batch[self._label_name]
         if self._shifts_labels():
@@ -243,8 +250,11 @@ class COTMixin:
         In evaluation: the batch's own count.
         """
         if self._cot_in_training_step and self._cot_window_count is not None:
-            return self._cot_window_count.clamp(min=1) / self.accelerator.num_processes
+            return self._window_denominator()
         return (labels != -100).sum().clamp(min=1)
+
+    def _window_denominator(self) -> torch.Tensor:
+        return self._cot_window_count.clamp(min=1) / self.accelerator.num_processes
 
     # ------------------------------------------------------------------ trainer overrides
 
@@ -269,9 +279,7 @@ class COTMixin:
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.cot_mode == "off":
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        labels, model_inputs = self._split_labels(inputs)
-        outputs = model(**model_inputs)
-        logits, labels = self._logits_and_labels(outputs, labels)
+        outputs, logits, labels = self._forward(model, inputs)
         denominator = self._loss_denominator(labels)
         num_classes = logits.shape[-1]
         flat_logits, flat_labels = logits.reshape(-1, num_classes), labels.reshape(-1)
@@ -281,7 +289,7 @@ class COTMixin:
             self._record_training("complement_entropy", entropy.detach().sum() / denominator)
             self._record_training("complement_loss", loss_sum.detach() / denominator)
         else:
-            _check_label_range(flat_labels, num_classes)
+            check_label_range(flat_labels, num_classes)
             loss_sum = F.cross_entropy(
                 flat_logits.float(),
                 flat_labels,
@@ -356,7 +364,7 @@ class COTMixin:
                 self._warned_empty_window = True
             self.complement_skipped_steps += 1
             return
-        denominator = count / self.accelerator.num_processes
+        denominator = self._window_denominator()
         model.zero_grad(set_to_none=True)  # the CE gradients must not leak into the complement step
         entropy_sum = torch.zeros((), device=self.args.device)
         scale = None
@@ -367,9 +375,7 @@ class COTMixin:
             sync = contextlib.nullcontext() if i == len(window) - 1 else self.accelerator.no_sync(model)
             with sync:
                 with self.compute_loss_context_manager():
-                    labels, model_inputs = self._split_labels(inputs)
-                    outputs = model(**model_inputs)
-                    logits, labels = self._logits_and_labels(outputs, labels)
+                    outputs, logits, labels = self._forward(model, inputs)
                     batch_entropy = complement_entropy(logits, labels, reduction="sum")
                     scale = complement_normalizer(logits.shape[-1], self.args.complement_normalization)
                     loss = -batch_entropy / scale / denominator
@@ -504,16 +510,6 @@ class COTMixin:
         )
         with open(path, "w", encoding="utf-8") as f:
             f.write(card.rstrip("\n") + "\n" + section)
-
-
-def _check_label_range(labels: torch.Tensor, num_classes: int) -> None:
-    valid = labels != -100
-    bad = valid & ((labels < 0) | (labels >= num_classes))
-    if bool(bad.any()):
-        raise ValueError(
-            f"label {int(labels[bad][0])} is outside [0, {num_classes}) and is not -100: check num_labels / the "
-            "vocabulary size, or mark padding with -100"
-        )
 
 
 def _already_scaled_sentinel(*args, **kwargs):  # pragma: no cover - only a marker for transformers < 5.19
