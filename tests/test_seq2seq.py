@@ -137,3 +137,31 @@ def test_decoder_inputs_built_from_labels_match_the_models_own(arch, out_dir):
     trainer = COTSeq2SeqTrainer(model=model, args=seq2seq_args(out_dir, max_steps=2), train_dataset=rows)
     trainer.train()
     assert trainer.complement_steps == 2
+
+
+@pytest.mark.parametrize("cot_mode", ["off", "alternating"])
+def test_evaluate_complement_entropy_matches_a_naive_token_average(cot_mode, out_dir):
+    """Teacher-forced test-set complement entropy vs a float64 loop over every valid target token, by hand."""
+    model = tiny_marian()
+    rows = seq2seq_data(n=21)  # not a multiple of the batch size: the last batch is short
+    trainer = COTSeq2SeqTrainer(
+        model=model, args=seq2seq_args(out_dir, cot_mode=cot_mode, per_device_eval_batch_size=4)
+    )
+    got = trainer.evaluate_complement_entropy(Dataset.from_list(rows), metric_key_prefix="predict")
+
+    model.eval()
+    entropies = []
+    with torch.no_grad():
+        for row in rows:
+            out = model(input_ids=row["input_ids"][None], attention_mask=row["attention_mask"][None],
+                        labels=row["labels"][None])  # the model's own shift of labels into decoder inputs
+            for logits, gold in zip(out.logits[0].double(), row["labels"].tolist()):
+                if gold == -100:
+                    continue
+                p = torch.softmax(logits, -1)
+                q = torch.cat([p[:gold], p[gold + 1:]]) / (1 - p[gold])
+                entropies.append(float(-(q * q.log()).sum()))
+    expected = sum(entropies) / len(entropies)
+    vocab = model.config.vocab_size
+    assert got["predict_complement_entropy"] == pytest.approx(expected, rel=1e-5)
+    assert got["predict_normalized_complement_entropy"] == pytest.approx(expected / math.log(vocab - 1), rel=1e-5)

@@ -292,6 +292,8 @@ def train_evaluate_predict(trainer, tokenizer, data_args, model_args, last_check
             trainer.compute_metrics.num_samples = len(predict)
         output = trainer.predict(predict, metric_key_prefix="predict", **generate)
         output.metrics["predict_samples"] = len(predict)
+        # Teacher-forced complement entropy of the test targets (generate() returns tokens, not logits).
+        output.metrics.update(trainer.evaluate_complement_entropy(predict, metric_key_prefix="predict"))
         trainer.log_metrics("predict", output.metrics)
         trainer.save_metrics("predict", output.metrics)
         if trainer.is_world_process_zero() and training_args.predict_with_generate:
