@@ -490,52 +490,6 @@ class COTMixin:
 
     # ------------------------------------------------------------------ model card
 
-    # ------------------------------------------------------------------ evaluation
-
-    @torch.no_grad()
-    def evaluate_complement_entropy(self, dataset=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Teacher-forced mean complement entropy (nats, per valid label) of the model on ``dataset``.
-
-        `evaluate()` gives a classifier's complement entropy through `compute_metrics` (its logits come back), but a
-        seq2seq model evaluated with `predict_with_generate` returns generated tokens, not logits, and gathering
-        [tokens x vocabulary] logits would not fit in memory anyway. This runs one forward per batch instead and keeps
-        two numbers per sample. Works in every `cot_mode` (also `off`, the CE baseline) and across processes (the
-        duplicated samples that pad the last batch are dropped by `gather_for_metrics`).
-
-        Returns ``{prefix}_complement_entropy`` and ``{prefix}_normalized_complement_entropy`` (divided by
-        log(K - 1), 1.0 = perfectly flat wrong classes).
-        """
-        dataset = self.eval_dataset if dataset is None else dataset
-        if dataset is None:
-            raise ValueError("evaluate_complement_entropy needs a dataset (or the trainer's eval_dataset)")
-        dataloader = self.get_test_dataloader(dataset)
-        model = self.model
-        was_training = model.training
-        model.eval()
-        sums, counts, num_classes = [], [], None
-        for inputs in dataloader:
-            inputs = self._prepare_inputs(inputs)
-            with self.compute_loss_context_manager():
-                _, logits, labels = self._forward(model, inputs)
-            num_classes = logits.shape[-1]
-            per_position = complement_entropy(logits, labels, reduction="none")
-            valid = labels != -100
-            # One value per sample (sequence positions summed), so gather_for_metrics can drop the padding samples.
-            sample_dims = tuple(range(1, labels.dim()))
-            per_sample = per_position.sum(dim=sample_dims) if sample_dims else per_position
-            per_count = valid.sum(dim=sample_dims) if sample_dims else valid.long()
-            sums.append(self.accelerator.gather_for_metrics(per_sample.float()).cpu())
-            counts.append(self.accelerator.gather_for_metrics(per_count).cpu())
-        model.train(was_training)
-        total = int(torch.cat(counts).sum()) if counts else 0
-        if total == 0:
-            raise ValueError("evaluate_complement_entropy: the dataset has no valid labels (all -100 or empty)")
-        entropy = float(torch.cat(sums).double().sum() / total)
-        return {
-            f"{metric_key_prefix}_complement_entropy": entropy,
-            f"{metric_key_prefix}_normalized_complement_entropy": entropy / complement_normalizer(num_classes, "log"),
-        }
-
     def create_model_card(self, *args, tags=None, **kwargs):
         if self.cot_mode != "off":
             tags = [tags] if isinstance(tags, str) else list(tags or [])

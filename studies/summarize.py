@@ -33,7 +33,9 @@ CLASSIFICATION_KEYS = [
 TRANSLATION_KEYS = [
     ("predict_bleu", "BLEU", 1),
     ("predict_chrf", "chrF", 1),
-    ("eval_loss", "val loss", 1),
+    ("predict_loss", "test CE (nats/token)", 1),
+    ("predict_normalized_complement_entropy", "H / log(V-1)", 1),
+    ("predict_gen_len", "output tokens", 1),
     ("train_runtime", "train s", 1),
     ("wall_time_s", "wall s", 1),
 ]
@@ -81,13 +83,41 @@ def markdown_table(plan: str, variants: dict, keys) -> tuple[str, dict]:
     return "\n".join(lines), summary
 
 
+# Paired against CE on the same seed: the metrics a reader compares first.
+PAIRED_KEYS = {
+    "classification": [("predict_accuracy", "accuracy", 100), ("fgsm_accuracy_eps_0.01", "FGSM @0.01", 100),
+                       ("fgsm_accuracy_eps_0.03", "FGSM @0.03", 100), ("fgsm_accuracy_eps_0.1", "FGSM @0.1", 100)],
+    "translation": [("predict_bleu", "BLEU", 1), ("predict_chrf", "chrF", 1)],
+}
+
+
+def paired_table(variants: dict, keys) -> str:
+    """Per-seed differences variant - CE: mean ± std, and on how many seeds the variant is ahead."""
+    if "ce" not in variants:
+        return ""
+    baseline = {r["_dir"].rsplit("seed", 1)[1]: r for r in variants["ce"]}
+    lines = ["| variant vs CE | " + " | ".join(label for _, label, _ in keys) + " |", "|---|" + "---|" * len(keys)]
+    for name, runs in sorted(variants.items()):
+        if name == "ce":
+            continue
+        cells = []
+        for key, _, scale in keys:
+            diffs = [(r[key] - baseline[seed][key]) * scale for r in runs
+                     if (seed := r["_dir"].rsplit("seed", 1)[1]) in baseline and key in r and key in baseline[seed]]
+            stats = mean_std(diffs)
+            wins = sum(d > 0 for d in diffs)
+            cells.append("—" if stats is None else f"{stats[0]:+.2f} ± {stats[1]:.2f} ({wins}/{len(diffs)})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot_learning_curves(table: dict, out_png: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plans = [p for p in ("bbc", "books", "translation") if p in table]
+    plans = [p for p in ("bbc", "books_full", "translation") if p in table]
     if not plans:
         return
     fig, axes = plt.subplots(1, len(plans), figsize=(5 * len(plans), 3.6), squeeze=False)
@@ -172,9 +202,10 @@ def main(argv=None):
     table = load_runs(opts.runs)
     sections, summary = [], {}
     for plan in sorted(table):
-        keys = TRANSLATION_KEYS if plan == "translation" else CLASSIFICATION_KEYS
-        text, summary[plan] = markdown_table(plan, table[plan], keys)
-        sections.append(f"### {plan}\n\n{text}\n")
+        kind = "translation" if plan == "translation" else "classification"
+        text, summary[plan] = markdown_table(plan, table[plan], TRANSLATION_KEYS if kind == "translation" else CLASSIFICATION_KEYS)
+        paired = paired_table(table[plan], PAIRED_KEYS[kind])
+        sections.append(f"### {plan}\n\n{text}\n" + (f"\nPaired differences (seeds where the variant is ahead):\n\n{paired}\n" if paired else ""))
     with open(os.path.join(opts.out, "results.md"), "w") as f:
         f.write("\n".join(sections))
     plot_learning_curves(table, os.path.join(opts.out, "learning_curves.png"))

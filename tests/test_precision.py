@@ -52,6 +52,7 @@ def _args(out_dir, cls=COTTrainingArguments, **kw):
     base = dict(
         output_dir=out_dir,
         use_cpu=True,
+        cot_mode="alternating",
         per_device_train_batch_size=8,
         max_steps=3,
         learning_rate=0.05,

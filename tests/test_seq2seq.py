@@ -10,9 +10,16 @@ import sentencepiece as spm
 import torch
 from conftest import seq2seq_data, tiny_marian
 from datasets import Dataset
-from transformers import DataCollatorForSeq2Seq, MarianTokenizer, T5Config, T5ForConditionalGeneration
+from transformers import (
+    DataCollatorForSeq2Seq,
+    MarianTokenizer,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
-from hf_cot import COTSeq2SeqTrainer, COTSeq2SeqTrainingArguments
+from hf_cot import COTSeq2SeqTrainer, COTSeq2SeqTrainingArguments, evaluate_complement_entropy
 
 EN = "the a cat dog house red blue green runs sleeps big small river tree sun moon".split()
 ES = "el la gato perro casa rojo azul verde corre duerme grande chico rio arbol sol luna".split()
@@ -49,6 +56,7 @@ def seq2seq_args(out_dir, **kw):
     base = dict(
         output_dir=out_dir, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, seed=3, data_seed=3,
         per_device_train_batch_size=16, per_device_eval_batch_size=16, max_steps=6, logging_steps=3, learning_rate=3e-3,
+        cot_mode="alternating",
     )
     base.update(kw)
     return COTSeq2SeqTrainingArguments(**base)
@@ -139,15 +147,19 @@ def test_decoder_inputs_built_from_labels_match_the_models_own(arch, out_dir):
     assert trainer.complement_steps == 2
 
 
-@pytest.mark.parametrize("cot_mode", ["off", "alternating"])
+@pytest.mark.parametrize("cot_mode", ["plain", "off", "alternating"])
 def test_evaluate_complement_entropy_matches_a_naive_token_average(cot_mode, out_dir):
     """Teacher-forced test-set complement entropy vs a float64 loop over every valid target token, by hand."""
     model = tiny_marian()
     rows = seq2seq_data(n=21)  # not a multiple of the batch size: the last batch is short
-    trainer = COTSeq2SeqTrainer(
-        model=model, args=seq2seq_args(out_dir, cot_mode=cot_mode, per_device_eval_batch_size=4)
-    )
-    got = trainer.evaluate_complement_entropy(Dataset.from_list(rows), metric_key_prefix="predict")
+    if cot_mode == "plain":  # the CE baseline of the examples: transformers' own trainer
+        args = Seq2SeqTrainingArguments(output_dir=out_dir, report_to=[], use_cpu=True, per_device_eval_batch_size=4)
+        trainer = Seq2SeqTrainer(model=model, args=args)
+    else:
+        trainer = COTSeq2SeqTrainer(
+            model=model, args=seq2seq_args(out_dir, cot_mode=cot_mode, per_device_eval_batch_size=4)
+        )
+    got = evaluate_complement_entropy(trainer, Dataset.from_list(rows), metric_key_prefix="predict")
 
     model.eval()
     entropies = []

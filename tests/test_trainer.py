@@ -28,6 +28,7 @@ def make_args(out_dir, **kw):
     base = dict(
         output_dir=out_dir, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True,
         per_device_train_batch_size=8, max_steps=3, logging_steps=1, seed=7, data_seed=7,
+        cot_mode="alternating",  # the mode with the most machinery; the others are asked for by name
     )
     base.update(kw)
     return COTTrainingArguments(**base)

@@ -314,7 +314,8 @@ def train_evaluate_predict(trainer, data_args, model_args, last_checkpoint=None,
     else:
         trainer.create_model_card(**kwargs)
     path = os.path.join(training_args.output_dir, "all_results.json")
-    if not os.path.isfile(path):  # not the main process
+    # Only the main process writes the file; another rank could read it half-written (ranks do not wait here).
+    if not trainer.is_world_process_zero() or not os.path.isfile(path):
         return {}
     with open(path) as f:
         return json.load(f)

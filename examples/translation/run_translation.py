@@ -53,6 +53,7 @@ from transformers import (
 from transformers.trainer_utils import get_last_checkpoint
 
 from hf_cot import COTSeq2SeqTrainer, COTSeq2SeqTrainingArguments
+from hf_cot import evaluate_complement_entropy
 from hf_cot import metrics as cot_metrics
 
 logger = logging.getLogger(__name__)
@@ -293,7 +294,7 @@ def train_evaluate_predict(trainer, tokenizer, data_args, model_args, last_check
         output = trainer.predict(predict, metric_key_prefix="predict", **generate)
         output.metrics["predict_samples"] = len(predict)
         # Teacher-forced complement entropy of the test targets (generate() returns tokens, not logits).
-        output.metrics.update(trainer.evaluate_complement_entropy(predict, metric_key_prefix="predict"))
+        output.metrics.update(evaluate_complement_entropy(trainer, predict, metric_key_prefix="predict"))
         trainer.log_metrics("predict", output.metrics)
         trainer.save_metrics("predict", output.metrics)
         if trainer.is_world_process_zero() and training_args.predict_with_generate:
@@ -313,7 +314,8 @@ def train_evaluate_predict(trainer, tokenizer, data_args, model_args, last_check
     else:
         trainer.create_model_card(**kwargs)
     path = os.path.join(training_args.output_dir, "all_results.json")
-    if not os.path.isfile(path):  # not the main process
+    # Only the main process writes the file; another rank could read it half-written (ranks do not wait here).
+    if not trainer.is_world_process_zero() or not os.path.isfile(path):
         return {}
     with open(path) as f:
         return json.load(f)
