@@ -4,7 +4,7 @@
 # (hf_cot.COTTrainer), same seed and budget, and print the comparison table (also written to
 # runs/ce_vs_cot/comparison.{json,md}). Roughly 6-8 minutes on 2 idle CPU cores (about 590 CPU-seconds measured),
 # plus the first-time installs.
-# Usage: bash scripts/demo.sh [compare_ce_cot.py options, e.g. --num_train_epochs 3 --cot_mode joint]
+# Usage: bash scripts/demo.sh [compare_ce_cot.py options, e.g. --num_train_epochs 3 --cot_mode alternating]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
