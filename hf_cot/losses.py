@@ -19,7 +19,9 @@ cache).
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 import torch
 
@@ -74,6 +76,32 @@ def complement_normalizer(num_classes: int, normalization: str) -> float:
     if normalization == "log" and num_classes > 2:
         return math.log(num_classes - 1)
     return 1.0
+
+
+_TRITON_MODES = ("auto", "0", "force")
+
+
+@functools.lru_cache(maxsize=1)
+def _load_triton_kernels():
+    try:
+        from . import _triton_kernels
+    except ImportError:  # no triton (CPU-only torch builds, macOS, Windows): the eager kernel runs everywhere
+        return None
+    return _triton_kernels
+
+
+def _triton_kernels(logits: torch.Tensor):
+    """The fused Triton kernels when they should run on these logits, else None (the eager chunked kernel).
+
+    ``HF_COT_TRITON``: ``auto`` (default: on CUDA tensors when triton imports), ``0`` (never), ``force`` (on any
+    device, e.g. CPU tensors under ``TRITON_INTERPRET=1``, which is how the tests check them without a GPU).
+    """
+    mode = os.environ.get("HF_COT_TRITON", "auto").strip().lower()
+    if mode not in _TRITON_MODES:
+        raise ValueError(f"HF_COT_TRITON must be one of {_TRITON_MODES}, got {mode!r}")
+    if mode == "0" or (mode == "auto" and not logits.is_cuda):
+        return None
+    return _load_triton_kernels()
 
 
 def _chunk_rows(logits: torch.Tensor, chunk_size: int | None) -> int:
@@ -136,14 +164,18 @@ class _ComplementEntropyFunction(torch.autograd.Function):
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, chunk: int, with_log_pg: bool):
         ctx.set_materialize_grads(False)
         n, k = logits.shape
-        row_max = logits.new_empty(n, dtype=torch.float32)
-        sum_e = logits.new_empty(n, dtype=torch.float32)
-        sum_ez = logits.new_empty(n, dtype=torch.float32)
-        for start, end, z, e in _chunks(logits, chunk):
-            row_max[start:end] = _shifted_chunk(logits[start:end], target[start:end], z, None)
-            torch.exp(z, out=e)
-            torch.sum(e, 1, out=sum_e[start:end])
-            torch.sum(e.mul_(z), 1, out=sum_ez[start:end])
+        kernels = _triton_kernels(logits)
+        if kernels is not None:
+            row_max, sum_e, sum_ez = kernels.forward_sums(logits, target, _LOG_Q_FLOOR)
+        else:
+            row_max = logits.new_empty(n, dtype=torch.float32)
+            sum_e = logits.new_empty(n, dtype=torch.float32)
+            sum_ez = logits.new_empty(n, dtype=torch.float32)
+            for start, end, z, e in _chunks(logits, chunk):
+                row_max[start:end] = _shifted_chunk(logits[start:end], target[start:end], z, None)
+                torch.exp(z, out=e)
+                torch.sum(e, 1, out=sum_e[start:end])
+                torch.sum(e.mul_(z), 1, out=sum_ez[start:end])
         entropy = sum_ez.div_(sum_e).neg_()
         log_s = sum_e.log_()
         entropy = entropy.add_(log_s).masked_fill_(~valid, 0.0)
@@ -157,6 +189,7 @@ class _ComplementEntropyFunction(torch.autograd.Function):
             ctx.mark_non_differentiable(log_pg)
         ctx.save_for_backward(logits, target, valid, entropy, log_pg, row_max, log_s)
         ctx.chunk = chunk
+        ctx.kernels = kernels
         return entropy, log_pg
 
     @staticmethod
@@ -179,6 +212,11 @@ class _ComplementEntropyFunction(torch.autograd.Function):
         inv_s = log_s.neg().exp_()
         alpha = (a * inv_s).masked_fill_(~valid, 0.0).unsqueeze(1)
         beta = ((b - a * log_s) * inv_s).masked_fill_(~valid, 0.0).unsqueeze(1)
+        if ctx.kernels is not None:
+            grad_logits = ctx.kernels.backward_grad(
+                logits, target, row_max, alpha.squeeze(1), beta.squeeze(1), at_target, _LOG_Q_FLOOR
+            )
+            return grad_logits, None, None, None, None
         at_target = at_target.unsqueeze(1)
         grad_logits = torch.empty_like(logits, memory_format=torch.contiguous_format)
         for start, end, z, e in _chunks(logits, chunk):
