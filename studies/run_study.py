@@ -43,7 +43,7 @@ MODES = {
     "joint": ["--cot_mode", "joint"],
     "guided": ["--cot_mode", "guided"],
 }
-# Ablation of the complement step on BBC (alternating); "alternating" itself is the lr x1 / log / every=1 point.
+# Ablation of the complement step on BBC; "alternating" itself is the lr x1 / log / every=1 point.
 ABLATION = {
     "alt_lr0.1": ["--cot_mode", "alternating", "--complement_learning_rate", "2e-5"],
     "alt_lr0.3": ["--cot_mode", "alternating", "--complement_learning_rate", "6e-5"],
@@ -53,6 +53,9 @@ ABLATION = {
     "alt_sgd_log": ["--cot_mode", "alternating", "--optim", "sgd", "--learning_rate", "3e-2"],
     "alt_sgd_paper": ["--cot_mode", "alternating", "--optim", "sgd", "--learning_rate", "3e-2", "--complement_normalization", "paper"],
     "ce_sgd": ["--cot_mode", "off", "--optim", "sgd", "--learning_rate", "3e-2"],
+    # The default mode's one knob: the weight of the complement term against CE ("joint" in the bbc plan is 1.0).
+    "joint_w0.5": ["--cot_mode", "joint", "--complement_weight", "0.5"],
+    "joint_w2": ["--cot_mode", "joint", "--complement_weight", "2"],
 }
 
 COMMON = ["--report_to", "none", "--save_strategy", "no", "--eval_strategy", "no", "--logging_steps", "10",
