@@ -346,7 +346,12 @@ def main(argv=None):
         processing_class=tokenizer,
         data_collator=build_data_collator(tokenizer, data_args, training_args),
     )
-    return train_evaluate_predict(trainer, data_args, model_args, last_checkpoint, train, evaluation, predict)
+    results = train_evaluate_predict(trainer, data_args, model_args, last_checkpoint, train, evaluation, predict)
+    # Leave together and tear the process group down: under `accelerate launch` a rank that exits while the other one
+    # still writes its files was seen to abort in gloo's teardown ("terminate called without an active exception").
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+    return results
 
 
 if __name__ == "__main__":

@@ -355,7 +355,12 @@ def main(argv=None):
         compute_metrics=build_compute_metrics(tokenizer) if training_args.predict_with_generate else None,
     )
     splits = (train, evaluation, predict)
-    return train_evaluate_predict(trainer, tokenizer, data_args, model_args, last_checkpoint, *splits)
+    results = train_evaluate_predict(trainer, tokenizer, data_args, model_args, last_checkpoint, *splits)
+    # Leave together and tear the process group down: under `accelerate launch` a rank that exits while the other one
+    # still writes its files was seen to abort in gloo's teardown ("terminate called without an active exception").
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+    return results
 
 
 if __name__ == "__main__":
