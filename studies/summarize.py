@@ -4,8 +4,9 @@
     python studies/summarize.py [--runs studies/runs] [--out studies/results] [--no_probabilities]
 
 Writes `results.md` (the tables pasted into RESULTS.md), `results.json`, `learning_curves.png` and
-`wrong_class_probabilities.png` (the paper's diagnostic: mean wrong-class probabilities sorted in decreasing order,
-on the BBC test set, for the seed-0 model of each variant; computed by loading the saved models).
+`wrong_class_probabilities[_books_full].png` (the paper's diagnostic: mean wrong-class probabilities sorted in
+decreasing order, on the test set, for the seed-0 model of each variant; computed by loading the saved models, so
+only where the weights are on disk).
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ def plot_learning_curves(table: dict, out_png: str) -> None:
 
 
 def sorted_wrong_class_probabilities(model_dir: str, texts, labels, max_length: int = 64):
+    """Mean wrong-class probabilities of a saved classifier, sorted; ``labels`` are ids or the model's label names."""
     import numpy as np
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -151,6 +153,7 @@ def sorted_wrong_class_probabilities(model_dir: str, texts, labels, max_length: 
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    labels = [model.config.label2id[label] if isinstance(label, str) else label for label in labels]
     logits = []
     with torch.no_grad():
         for i in range(0, len(texts), 64):
@@ -162,34 +165,47 @@ def sorted_wrong_class_probabilities(model_dir: str, texts, labels, max_length: 
     return result["sorted_wrong_class_probabilities"]
 
 
-def plot_wrong_class_probabilities(table: dict, out_png: str) -> dict:
-    sys.path.insert(0, os.path.join(ROOT, "examples", "text-classification"))
-    from bbc_news import load_bbc_news
+def _test_set(plan: str, runs_dir: str):
+    """(texts, labels, title) of the test set a plan's classifiers are scored on."""
+    if plan == "bbc":
+        sys.path.insert(0, os.path.join(ROOT, "examples", "text-classification"))
+        from bbc_news import load_bbc_news
 
+        test = load_bbc_news()["test"]
+        return list(test["text"]), list(test["label"]), "BBC test set (5 classes)"
+    with open(os.path.join(runs_dir, "books_data_150", "test.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [r["text"] for r in rows], [r["label"] for r in rows], "verse -> book test set (66 classes)"
+
+
+def plot_wrong_class_probabilities(table: dict, runs_dir: str, out_dir: str) -> dict:
+    """The paper's diagnostic for every classification plan whose seed-0 models are on disk (bbc, books_full)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    test = load_bbc_news()["test"]
-    curves = {}
-    for variant, runs in sorted(table.get("bbc", {}).items()):
-        seed0 = [r["_dir"] for r in runs if r["_dir"].endswith("seed0")]
-        if seed0 and os.path.isfile(os.path.join(seed0[0], "config.json")):
-            curves[variant] = sorted_wrong_class_probabilities(seed0[0], list(test["text"]), list(test["label"]))
-    if not curves:
-        return {}
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for variant, curve in curves.items():
-        ax.plot(range(1, len(curve) + 1), curve, marker="o", label=variant)
-    ax.set_yscale("log")
-    ax.set_xlabel("wrong class, by decreasing probability")
-    ax.set_ylabel("mean predicted probability")
-    ax.set_title("BBC test set, seed 0: wrong-class probabilities")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    return curves
+    all_curves = {}
+    for plan in ("bbc", "books_full"):
+        dirs = {variant: r["_dir"] for variant, runs in sorted(table.get(plan, {}).items()) for r in runs
+                if r["_dir"].endswith("seed0") and os.path.isfile(os.path.join(r["_dir"], "config.json"))}
+        if not dirs:
+            continue
+        texts, labels, title = _test_set(plan, runs_dir)
+        curves = {variant: sorted_wrong_class_probabilities(d, texts, labels) for variant, d in dirs.items()}
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for variant, curve in curves.items():
+            ax.plot(range(1, len(curve) + 1), curve, marker="o" if len(curve) < 10 else None, label=variant)
+        ax.set_yscale("log")
+        ax.set_xlabel("wrong class, by decreasing probability")
+        ax.set_ylabel("mean predicted probability")
+        ax.set_title(f"{title}, seed 0", fontsize=9)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "wrong_class_probabilities" + ("" if plan == "bbc" else f"_{plan}") + ".png"),
+                    dpi=120)
+        all_curves[plan] = curves
+    return all_curves
 
 
 def main(argv=None):
@@ -210,7 +226,7 @@ def main(argv=None):
         f.write("\n".join(sections))
     plot_learning_curves(table, os.path.join(opts.out, "learning_curves.png"))
     if not opts.no_probabilities:
-        summary["wrong_class_probabilities"] = plot_wrong_class_probabilities(table, os.path.join(opts.out, "wrong_class_probabilities.png"))
+        summary["wrong_class_probabilities"] = plot_wrong_class_probabilities(table, opts.runs, opts.out)
     with open(os.path.join(opts.out, "results.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print("\n".join(sections))
