@@ -14,6 +14,8 @@ paths agree to float32 rounding; tests/test_triton_kernels.py checks that under 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -93,6 +95,11 @@ def _row_major(logits: torch.Tensor) -> torch.Tensor:
     return logits if logits.stride(-1) == 1 else logits.contiguous()
 
 
+def _on_device_of(tensor: torch.Tensor):
+    """Triton launches on the current CUDA device: make it the tensor's (a model on cuda:1 while cuda:0 is current)."""
+    return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
+
+
 def forward_sums(logits: torch.Tensor, target: torch.Tensor, floor: float):
     """``(row_max, s, E)`` per row of ``[N, K]`` logits, all float32 (see the module docstring)."""
     logits = _row_major(logits)
@@ -102,9 +109,10 @@ def forward_sums(logits: torch.Tensor, target: torch.Tensor, floor: float):
     sum_ez = torch.empty_like(row_max)
     if n:
         block, warps = _block(k)
-        _forward_kernel[(n,)](
-            logits, logits.stride(0), target, row_max, sum_e, sum_ez, k, FLOOR=floor, BLOCK=block, num_warps=warps
-        )
+        with _on_device_of(logits):
+            _forward_kernel[(n,)](
+                logits, logits.stride(0), target, row_max, sum_e, sum_ez, k, FLOOR=floor, BLOCK=block, num_warps=warps
+            )
     return row_max, sum_e, sum_ez
 
 
@@ -115,9 +123,10 @@ def backward_grad(logits, target, row_max, alpha, beta, at_target, floor: float)
     grad = torch.empty_like(logits, memory_format=torch.contiguous_format)
     if n:
         block, warps = _block(k)
-        _backward_kernel[(n,)](
-            logits, logits.stride(0), grad, grad.stride(0), target, row_max,
-            alpha.contiguous(), beta.contiguous(), at_target.contiguous(), k,
-            FLOOR=floor, BLOCK=block, num_warps=warps,
-        )
+        with _on_device_of(logits):
+            _backward_kernel[(n,)](
+                logits, logits.stride(0), grad, grad.stride(0), target, row_max,
+                alpha.contiguous(), beta.contiguous(), at_target.contiguous(), k,
+                FLOOR=floor, BLOCK=block, num_warps=warps,
+            )
     return grad
