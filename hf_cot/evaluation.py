@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .losses import complement_entropy, complement_normalizer
-from .trainer import _CAUSAL_SUFFIXES, _base_model
+from .trainer import _aligned_logits, _shifts_labels, _single_label_name
 
 
 @torch.no_grad()
@@ -25,24 +25,19 @@ def evaluate_complement_entropy(trainer, dataset=None, metric_key_prefix: str = 
     dataset = trainer.eval_dataset if dataset is None else dataset
     if dataset is None:
         raise ValueError("evaluate_complement_entropy needs a dataset (or the trainer's eval_dataset)")
-    label_names = getattr(trainer, "label_names", None) or ["labels"]
-    if len(label_names) != 1:
-        raise ValueError(f"evaluate_complement_entropy needs exactly one label tensor, got label_names={label_names}")
+    label_name = _single_label_name(getattr(trainer, "label_names", None))
     model = trainer.model
-    causal = type(_base_model(model)).__name__.endswith(_CAUSAL_SUFFIXES)
+    shift = _shifts_labels(model)
     was_training = model.training
     model.eval()
     sums, counts, num_classes = [], [], None
     for inputs in trainer.get_test_dataloader(dataset):
         inputs = trainer._prepare_inputs(inputs)
-        if label_names[0] not in inputs:
-            raise ValueError(f"the batches have no {label_names[0]!r} key (got {sorted(inputs)}): no labels to score")
-        labels = inputs[label_names[0]]
+        if label_name not in inputs:
+            raise ValueError(f"the batches have no {label_name!r} key (got {sorted(inputs)}): no labels to score")
         with trainer.compute_loss_context_manager():
             outputs = model(**inputs)
-        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-        if causal:
-            logits, labels = logits[..., :-1, :], labels[..., 1:]
+        logits, labels = _aligned_logits(outputs, inputs[label_name], shift)
         num_classes = logits.shape[-1]
         per_position = complement_entropy(logits, labels, reduction="none")
         # One value per sample (sequence positions summed), so gather_for_metrics can drop the padding samples.

@@ -58,6 +58,35 @@ def _base_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def _shifts_labels(model) -> bool:
+    """Causal LM heads predict position t + 1 at position t (their own loss shifts; so must ours)."""
+    base = _base_model(model)
+    config = getattr(base, "config", None)
+    return not getattr(config, "is_encoder_decoder", False) and type(base).__name__.endswith(_CAUSAL_SUFFIXES)
+
+
+def _single_label_name(label_names) -> str:
+    names = label_names or ["labels"]
+    if len(names) != 1:
+        raise ValueError(f"COT needs exactly one label tensor per batch, got label_names={names}")
+    return names[0]
+
+
+def _aligned_logits(outputs, labels: torch.Tensor, shift: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output's logits and the labels, aligned position by position (shifted by one for causal LMs)."""
+    logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)
+    if logits is None:
+        raise TypeError(
+            f"COT needs the model output to have `logits`; {type(outputs).__name__} has none. Use a model with a "
+            "classification or language-modeling head, or cot_mode='off'."
+        )
+    if shift:
+        logits, labels = logits[..., :-1, :], labels[..., 1:]
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}")
+    return logits, labels
+
+
 class _ComplementStepCallback(TrainerCallback):
     """Runs the alternating complement update after each primary `optimizer.step()` (paper order).
 
@@ -142,9 +171,7 @@ class COTMixin:
         return bool(getattr(config, "is_encoder_decoder", False)) or type(base).__name__.endswith(_LM_HEAD_SUFFIXES)
 
     def _shifts_labels(self) -> bool:
-        base = _base_model(self.model)
-        config = getattr(base, "config", None)
-        return not getattr(config, "is_encoder_decoder", False) and type(base).__name__.endswith(_CAUSAL_SUFFIXES)
+        return _shifts_labels(self.model)
 
     def _check_model_head(self) -> None:
         config = getattr(_base_model(self.model), "config", None)
@@ -188,10 +215,7 @@ class COTMixin:
 
     @property
     def _label_name(self) -> str:
-        names = getattr(self, "label_names", None) or ["labels"]
-        if len(names) != 1:
-            raise ValueError(f"COT needs exactly one label tensor per batch, got label_names={names}")
-        return names[0]
+        return _single_label_name(getattr(self, "label_names", None))
 
     def _split_labels(self, inputs: dict) -> tuple[torch.Tensor, dict]:
         name = self._label_name
@@ -217,17 +241,7 @@ class COTMixin:
         return labels, model_inputs
 
     def _logits_and_labels(self, outputs, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)
-        if logits is None:
-            raise TypeError(
-                f"COT needs the model output to have `logits`; {type(outputs).__name__} has none. Use a model with a "
-                "classification or language-modeling head, or cot_mode='off'."
-            )
-        if self._shifts_labels():
-            logits, labels = logits[..., :-1, :], labels[..., 1:]
-        if logits.shape[:-1] != labels.shape:
-            raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}")
-        return logits, labels
+        return _aligned_logits(outputs, labels, self._shifts_labels())
 
     def _forward(self, model, inputs: dict):
         """One forward without labels; returns ``(outputs, logits, labels)`` aligned position by position."""
