@@ -211,14 +211,12 @@ class _ComplementEntropyFunction(torch.autograd.Function):
             at_target = grad_log_pg.to(torch.float32).masked_fill(~valid, 0.0) * (-torch.expm1(log_pg))
             b = b - at_target
         inv_s = log_s.neg().exp_()
-        alpha = (a * inv_s).masked_fill_(~valid, 0.0).unsqueeze(1)
-        beta = ((b - a * log_s) * inv_s).masked_fill_(~valid, 0.0).unsqueeze(1)
+        alpha = (a * inv_s).masked_fill_(~valid, 0.0)
+        beta = ((b - a * log_s) * inv_s).masked_fill_(~valid, 0.0)
         if ctx.kernels is not None:
-            grad_logits = ctx.kernels.backward_grad(
-                logits, target, row_max, alpha.squeeze(1), beta.squeeze(1), at_target, _LOG_Q_FLOOR
-            )
+            grad_logits = ctx.kernels.backward_grad(logits, target, row_max, alpha, beta, at_target, _LOG_Q_FLOOR)
             return grad_logits, None, None, None, None
-        at_target = at_target.unsqueeze(1)
+        alpha, beta, at_target = alpha.unsqueeze(1), beta.unsqueeze(1), at_target.unsqueeze(1)
         grad_logits = torch.empty_like(logits, memory_format=torch.contiguous_format)
         for start, end, z, e in _chunks(logits, chunk):
             _shifted_chunk(logits[start:end], target[start:end], z, row_max[start:end])
