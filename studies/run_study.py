@@ -85,6 +85,12 @@ PLANS = {
 BOOKS_TRAIN_PER_BOOK = {"books": 40, "books_full": 150}
 
 
+def books_data_dir(runs_dir: str, plan: str) -> str:
+    """Where a verse -> book plan's splits live (the 40-verse plan came first and kept the plain name)."""
+    per_book = BOOKS_TRAIN_PER_BOOK[plan]
+    return os.path.join(runs_dir, "books_data" if per_book == 40 else f"books_data_{per_book}")
+
+
 def write_books_task(out_dir: str, train_per_book: int = 40, test_per_book: int = 12, seed: int = 0) -> list[str]:
     """Verse -> book (66 classes) from the committed Bible corpus (English side), stratified by book, fixed seed."""
     os.makedirs(out_dir, exist_ok=True)
@@ -151,9 +157,7 @@ def main(argv=None):
     script, variants, budget = PLANS[opts.plan]
     budget = COMMON + list(budget)
     if opts.plan in BOOKS_TRAIN_PER_BOOK:
-        per_book = BOOKS_TRAIN_PER_BOOK[opts.plan]
-        data_dir = os.path.join(opts.out, "books_data" if per_book == 40 else f"books_data_{per_book}")
-        train, val, test = write_books_task(data_dir, train_per_book=per_book)
+        train, val, test = write_books_task(books_data_dir(opts.out, opts.plan), BOOKS_TRAIN_PER_BOOK[opts.plan])
         budget += ["--train_file", train, "--validation_file", val, "--test_file", test]
     names = opts.variants.split(",") if opts.variants else list(variants)
     seeds = [int(s) for s in opts.seeds.split(",")]

@@ -173,7 +173,10 @@ def _test_set(plan: str, runs_dir: str):
 
         test = load_bbc_news()["test"]
         return list(test["text"]), list(test["label"]), "BBC test set (5 classes)"
-    with open(os.path.join(runs_dir, "books_data_150", "test.jsonl")) as f:
+    sys.path.insert(0, os.path.join(ROOT, "studies"))
+    from run_study import books_data_dir
+
+    with open(os.path.join(books_data_dir(runs_dir, plan), "test.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     return [r["text"] for r in rows], [r["label"] for r in rows], "verse -> book test set (66 classes)"
 
