@@ -87,6 +87,18 @@ def _aligned_logits(outputs, labels: torch.Tensor, shift: bool) -> tuple[torch.T
     return logits, labels
 
 
+def per_sample_complement_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample: the complement entropy summed over its valid positions, and how many there are.
+
+    One value per sample (not per batch) so that `gather_for_metrics` can drop the samples that pad the last batch.
+    """
+    per_position = complement_entropy(logits, labels, reduction="none")
+    dims = tuple(range(1, labels.dim()))
+    if not dims:
+        return per_position.float(), (labels != -100).long()
+    return per_position.float().sum(dim=dims), (labels != -100).sum(dim=dims)
+
+
 class _ComplementStepCallback(TrainerCallback):
     """Runs the alternating complement update after each primary `optimizer.step()` (paper order).
 
@@ -125,6 +137,10 @@ class COTMixin:
         self._cot_window_count: torch.Tensor | None = None
         self._cot_in_training_step = False
         self._cot_sums: dict[str, torch.Tensor] = {}
+        # Evaluation: per-batch (complement-entropy sums, valid counts) per sample, and their running totals.
+        self._cot_eval_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._cot_eval_sums: list | None = None
+        self._cot_eval_counts: list | None = None
         self._cot_log_steps = 0
         self.complement_skipped_steps = 0
         self.complement_steps = 0
@@ -291,34 +307,112 @@ class COTMixin:
             self._cot_in_training_step = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The loss to backpropagate, whose *value* is always the plain cross-entropy.
+
+        Training differentiates the mode's objective (CE; CE + weight * complement objective; GCE), but the returned
+        value - what the Trainer logs as ``loss``/``eval_loss``, what ``metric_for_best_model="loss"``, early stopping
+        and the model card see - is the token/label-averaged cross-entropy, the number a plain ``Trainer`` reports
+        for the same weights and batch. The complement part is logged next to it (``complement_loss``,
+        ``complement_entropy``, ``eval_complement_entropy``).
+        """
         if self.cot_mode == "off":
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         outputs, logits, labels = self._forward(model, inputs)
         denominator = self._loss_denominator(labels)
         num_classes = logits.shape[-1]
         flat_logits, flat_labels = logits.reshape(-1, num_classes), labels.reshape(-1)
+        if not self._cot_in_training_step:  # evaluation / prediction: CE, and the complement entropy to report
+            check_label_range(flat_labels, num_classes)
+            self._cot_eval_batch = per_sample_complement_entropy(logits, labels)
+            loss = self._cross_entropy_sum(flat_logits, flat_labels) / denominator
+            return (loss, outputs) if return_outputs else loss
         if self.cot_mode == "guided":
             entropy, log_pg, valid = complement_terms(flat_logits, flat_labels)
-            loss_sum = guided_rows(entropy, log_pg, valid, num_classes, self.args.guided_alpha).sum()
+            objective_sum = guided_rows(entropy, log_pg, valid, num_classes, self.args.guided_alpha).sum()
+            if self.args.label_smoothing_factor > 0:
+                ce_sum = self._cross_entropy_sum(flat_logits.detach(), flat_labels)
+            else:  # -log p_g from the same pass: no second softmax over the classes
+                ce_sum = -log_pg.detach().masked_fill(~valid, 0.0).sum()
             self._record_training("complement_entropy", entropy.detach().sum() / denominator)
-            self._record_training("complement_loss", loss_sum.detach() / denominator)
+            self._record_training("complement_loss", objective_sum.detach() / denominator)
         else:
             check_label_range(flat_labels, num_classes)
-            loss_sum = F.cross_entropy(
-                flat_logits.float(),
-                flat_labels,
-                ignore_index=-100,
-                reduction="sum",
-                label_smoothing=self.args.label_smoothing_factor,
-            )
+            ce_sum = objective_sum = self._cross_entropy_sum(flat_logits, flat_labels)
             if self.cot_mode == "joint":
                 entropy_sum = complement_entropy(flat_logits, flat_labels, reduction="sum")
                 scale = complement_normalizer(num_classes, self.args.complement_normalization)
-                loss_sum = loss_sum - self.args.complement_weight * entropy_sum / scale
+                objective_sum = ce_sum - self.args.complement_weight * entropy_sum / scale
                 self._record_training("complement_entropy", entropy_sum.detach() / denominator)
                 self._record_training("complement_loss", -entropy_sum.detach() / scale / denominator)
-        loss = loss_sum / denominator
+        loss = objective_sum / denominator
+        if objective_sum is not ce_sum:
+            # Value of the CE, gradient of the objective: adding a detached constant leaves the backward unchanged
+            # (bit for bit), and a NaN objective still shows as a NaN loss.
+            loss = loss + (ce_sum.detach() / denominator - loss.detach())
         return (loss, outputs) if return_outputs else loss
+
+    def _cross_entropy_sum(self, flat_logits: torch.Tensor, flat_labels: torch.Tensor) -> torch.Tensor:
+        # label_smoothing as the Trainer's LabelSmoother applies it ((1 - eps) NLL + eps * mean over classes).
+        return F.cross_entropy(
+            flat_logits.float(),
+            flat_labels,
+            ignore_index=-100,
+            reduction="sum",
+            label_smoothing=self.args.label_smoothing_factor,
+        )
+
+    # ------------------------------------------------------------------ evaluation: eval_complement_entropy
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        if self.cot_mode == "off":
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+        self._cot_eval_batch = None
+        # Seq2SeqTrainer with predict_with_generate computes its loss with its own forward (labels passed), not
+        # through compute_loss: read that forward's logits instead of running another one.
+        capture = (
+            self._capture_loss_pass(model)
+            if getattr(self.args, "predict_with_generate", False) and not prediction_loss_only
+            else contextlib.nullcontext()
+        )
+        with capture:
+            result = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+        if self._cot_eval_batch is not None and self._cot_eval_sums is not None:
+            # gather_for_metrics drops the samples that pad the last batch across processes (as the loop does).
+            sums, counts = (self.accelerator.gather_for_metrics(t) for t in self._cot_eval_batch)
+            self._cot_eval_sums.append(sums.double().sum().cpu())
+            self._cot_eval_counts.append(counts.sum().cpu())
+        self._cot_eval_batch = None
+        return result
+
+    @contextlib.contextmanager
+    def _capture_loss_pass(self, model):
+        label_name, shift = self._label_name, self._shifts_labels()
+
+        def hook(module, args, kwargs, output):
+            if kwargs.get(label_name) is None:  # generate()'s forwards carry no labels
+                return
+            logits, labels = _aligned_logits(output, kwargs[label_name], shift)
+            self._cot_eval_batch = per_sample_complement_entropy(logits.detach(), labels)
+
+        handle = self.accelerator.unwrap_model(model).register_forward_hook(hook, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"):
+        if self.cot_mode == "off":
+            return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        self._cot_eval_sums, self._cot_eval_counts = [], []
+        try:
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+            count = int(torch.stack(self._cot_eval_counts).sum()) if self._cot_eval_counts else 0
+            key = f"{metric_key_prefix}_complement_entropy"
+            if count > 0 and output.metrics is not None and key not in output.metrics:  # a compute_metrics value wins
+                output.metrics[key] = float(torch.stack(self._cot_eval_sums).sum() / count)
+        finally:
+            self._cot_eval_sums = self._cot_eval_counts = None
+        return output
 
     # ------------------------------------------------------------------ the complement step (alternating)
 
@@ -520,7 +614,10 @@ class COTMixin:
             return
         section = (
             f"\n## Complement Objective Training\n\nTrained with [hf-cot](https://pypi.org/project/hf-cot/) "
-            f"(`cot_mode={self.cot_mode!r}`). Cite the method as:\n\n```bibtex\n{_CITATION}\n```\n"
+            f"(`cot_mode={self.cot_mode!r}`), which implements [Complement Objective Training]"
+            f"(https://arxiv.org/abs/{self._paper['id']}) (Chen et al., ICLR 2019). The losses reported above are "
+            f"the plain cross-entropy, comparable with a run of the plain Trainer. Cite the method as:\n\n"
+            f"```bibtex\n{_CITATION}\n```\n"
         )
         with open(path, "w", encoding="utf-8") as f:
             f.write(card.rstrip("\n") + "\n" + section)

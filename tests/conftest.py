@@ -95,3 +95,41 @@ def max_param_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
 @pytest.fixture
 def out_dir(tmp_path):
     return str(tmp_path / "out")
+
+
+def tiny_llama(seed: int = 0, vocab_size: int = VOCAB):
+    """A tiny random-init Llama-style causal LM (its own loss honours `num_items_in_batch`, so the plain Trainer's
+    gradient-accumulation averaging is right for it)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=1,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config)
+
+
+def causal_lm_data(n: int = 24, seq_len: int = 10, seed: int = 0) -> list[dict]:
+    """Prompt positions and right padding at -100, with uneven completion lengths (uneven valid-token counts)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        ids = torch.randint(2, VOCAB, (seq_len,), generator=g)
+        prompt = int(torch.randint(1, 4, (1,), generator=g))
+        length = int(torch.randint(prompt + 2, seq_len + 1, (1,), generator=g))
+        mask = (torch.arange(seq_len) < length).long()
+        labels = ids.clone()
+        labels[:prompt] = -100
+        labels[length:] = -100
+        rows.append({"input_ids": ids * mask, "attention_mask": mask, "labels": labels})
+    return rows

@@ -138,6 +138,11 @@ def test_ranks_agree_and_match_single_process(runs, config):
     for got, want in zip(logs, ref_logs):
         for key in ("loss", "complement_entropy", "complement_loss"):
             assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), (key, got, want)
+    # Evaluation: the complement entropy is a global mean over valid labels with the rows that pad the last batch
+    # dropped, on any world size. (The Trainer's own eval_loss is not: it averages per-batch means, and a padded
+    # batch's mean includes its repeated rows; ours is that same number, see test_reported_numbers.py.)
+    want, got = _json(single / config / "eval_rank0.json"), _json(multi / config / "eval_rank0.json")
+    assert got["eval_complement_entropy"] == pytest.approx(want["eval_complement_entropy"], rel=1e-6), (got, want)
     if config != "joint":
         info = _json(multi / config / "info_rank0.json")
         assert info["complement_steps"] == info["global_step"] == info["complement_scheduler_last_epoch"]

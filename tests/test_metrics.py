@@ -6,13 +6,15 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-pytest.importorskip("evaluate")
+evaluate = pytest.importorskip("evaluate")
 sacrebleu = pytest.importorskip("sacrebleu")
-pytest.importorskip("sklearn")
+sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
 from hf_cot import metrics
+from hf_cot.metrics.__main__ import main as cli_main
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,8 @@ def test_lazy_import_and_offline_load_from_an_empty_modules_cache(tmp_path):
         "from hf_cot import metrics\n"
         "print(metrics.load('classification_metrics').compute(predictions=[1, 0], references=[1, 1])['accuracy'])"
     )
-    out = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "0.5"
     assert any((tmp_path / "modules").rglob("classification_metrics.py"))
@@ -135,3 +138,244 @@ def test_complement_entropy_by_hand(complement):
 def test_complement_entropy_of_a_peaked_complement_is_near_zero(complement):
     result = complement.compute(predictions=[[0.0, 30.0, 0.0, 0.0]], references=[0])
     assert result["complement_entropy"] == pytest.approx(0.0, abs=1e-6)
+
+
+# --- `python -m hf_cot.metrics`: paths for scripts that take a metric name -------------------------------------------
+
+
+def test_cli_path_is_metric_path_and_loads_offline(tmp_path):
+    # The real entry point, as a shell substitution runs it, offline; then the printed path goes through the exact
+    # call upstream run_classification.py makes with --metric_name (evaluate.load(name, cache_dir=...)).
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_EVALUATE_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-m", "hf_cot.metrics", "path", "classification_metrics"], check=False,
+                         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    printed = out.stdout.strip()
+    assert printed == metrics.metric_path("classification_metrics")
+    assert os.path.isabs(printed) and os.path.isfile(os.path.join(printed, "classification_metrics.py"))
+    metric = evaluate.load(printed, cache_dir=str(tmp_path / "cache"))
+    assert metric.compute(predictions=[2, 1, 0, 0], references=[2, 1, 1, 0])["accuracy"] == pytest.approx(0.75)
+
+
+def test_cli_list_and_path_in_process(capsys):
+    assert cli_main(["list"]) == 0
+    assert capsys.readouterr().out.split() == metrics.available()
+    for name in metrics.available():
+        assert cli_main(["path", name]) == 0
+        assert capsys.readouterr().out.strip() == metrics.metric_path(name)
+
+
+def test_cli_unknown_name_exits_non_zero_naming_the_valid_ones(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["path", "sacrebleu"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown hf_cot metric 'sacrebleu'" in err
+    assert all(name in err for name in metrics.available())
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([])  # no command
+    assert exit_info.value.code == 2
+
+
+# --- the Hub `sacrebleu` module's input format and `score` key --------------------------------------------------------
+
+SECOND = ["Grace be with you all.", "In the beginning God created heaven and earth.", "Jesus cried."]
+
+
+def test_list_of_lists_references_score_is_sacrebleu_corpus_bleu(translation):
+    # Hub format: references[i] lists the references of prediction i. sacreBLEU itself takes one stream per reference
+    # position; the streams are written out literally here, not transposed by code.
+    per_prediction = [
+        ["The grace of the Lord Jesus Christ be with all the saints.", "Grace be with you all."],
+        ["In the beginning, God created the heavens and the earth.", "In the beginning God created heaven and earth."],
+        ["Jesus wept.", "Jesus cried."],
+    ]
+    result = translation.compute(predictions=HYPOTHESES, references=per_prediction)
+    expected = sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES, SECOND]).score
+    assert result["score"] == pytest.approx(expected)
+    assert result["bleu"] == result["score"]
+    assert result["chrf"] == pytest.approx(sacrebleu.corpus_chrf(HYPOTHESES, [REFERENCES, SECOND]).score)
+    assert 0 < result["score"] < 100
+    # The existing keys stay; list-valued keys (which Trainer.log_metrics cannot format) do not appear.
+    assert set(result) == {"bleu", "score", "chrf", "bleu_brevity_penalty", "bleu_sys_len", "bleu_ref_len"}
+    # The one-reference-per-prediction string form gives the one-stream score.
+    single = translation.compute(predictions=HYPOTHESES, references=REFERENCES)["score"]
+    assert single == pytest.approx(sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES]).score)
+    assert single != pytest.approx(expected)
+
+
+def test_sacrebleu_module_keyword_arguments_pass_through(translation):
+    references = [[ref] for ref in REFERENCES]
+    for kwargs in ({"tokenize": "char"}, {"lowercase": True}, {"smooth_method": "floor", "smooth_value": 0.2},
+                   {"smooth_method": "none"}, {"use_effective_order": True}, {"force": True}):
+        result = translation.compute(predictions=HYPOTHESES, references=references, **kwargs)
+        assert result["score"] == pytest.approx(sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES], **kwargs).score), kwargs
+
+
+def test_different_numbers_of_references_per_prediction(translation):
+    # The Hub module raises here; sacreBLEU itself supports it when the missing references are None (its
+    # variable-reference mode), which is what the module builds. Expectation 1: sacreBLEU on None-padded streams.
+    ragged = [
+        ["The grace of the Lord Jesus Christ be with all the saints.", "Grace be with you all."],
+        ["In the beginning, God created the heavens and the earth."],
+        ["Jesus wept.", "Jesus cried.", "Jesus shed tears."],
+    ]
+    streams = [
+        ["The grace of the Lord Jesus Christ be with all the saints.",
+         "In the beginning, God created the heavens and the earth.", "Jesus wept."],
+        ["Grace be with you all.", None, "Jesus cried."],
+        [None, None, "Jesus shed tears."],
+    ]
+    result = translation.compute(predictions=HYPOTHESES, references=ragged)
+    assert result["score"] == pytest.approx(sacrebleu.corpus_bleu(HYPOTHESES, streams).score)
+    assert result["chrf"] == pytest.approx(sacrebleu.corpus_chrf(HYPOTHESES, streams).score)
+    # Expectation 2, without None: repeating a reference changes neither the clipped n-gram counts (max over
+    # references) nor the closest reference length, so padding each short list with copies of its own first
+    # reference is an equal-count input with the same BLEU.
+    repeated = [refs + [refs[0]] * (3 - len(refs)) for refs in ragged]
+    assert result["score"] == pytest.approx(translation.compute(predictions=HYPOTHESES, references=repeated)["score"])
+    # Explicit None entries (sacreBLEU's own convention) mean the same as leaving the reference out.
+    explicit = [refs + [None] * (3 - len(refs)) for refs in ragged]
+    assert translation.compute(predictions=HYPOTHESES, references=explicit)["score"] == pytest.approx(result["score"])
+
+
+@pytest.mark.parametrize("missing", [[], [None]])
+def test_a_prediction_without_references_is_a_clear_error(translation, missing):
+    references = [["The grace of the Lord Jesus Christ be with all the saints."], missing, ["Jesus wept."]]
+    with pytest.raises(ValueError, match=r"position\(s\) \[1\] have no reference .*at least one reference"):
+        translation.compute(predictions=HYPOTHESES, references=references)
+
+
+def test_more_reference_lists_than_predictions_is_an_error(translation):
+    with pytest.raises(ValueError, match="Mismatch in the number of predictions"):
+        translation.compute(predictions=HYPOTHESES[:2], references=[[ref] for ref in REFERENCES])
+
+
+# --- classification: `average` and the `multilabel` config ------------------------------------------------------------
+
+
+def test_average_names_the_f1_key(classification):
+    references, predictions = [0, 0, 1, 1, 2, 2, 2], [0, 1, 1, 1, 2, 0, 2]
+    for average in ("macro", "micro", "weighted"):
+        result = classification.compute(predictions=predictions, references=references, average=average)
+        assert set(result) == {"accuracy", f"{average}_f1"}
+        assert result[f"{average}_f1"] == pytest.approx(sklearn_metrics.f1_score(references, predictions,
+                                                                                   average=average))
+    with pytest.raises(ValueError, match="average='binary' is not supported; use one of"):
+        classification.compute(predictions=predictions, references=references, average="binary")
+
+
+def test_unknown_config_name_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no config 'multiclass'; use one of \\['default', 'multilabel'\\]"):
+        metrics.load("classification_metrics", config_name="multiclass", cache_dir=str(tmp_path))
+
+
+def test_multilabel_by_hand(tmp_path):
+    multilabel = metrics.load("classification_metrics", config_name="multilabel", cache_dir=str(tmp_path))
+    # Rows: [1,0,1] vs [1,0,0] wrong (one false positive), [0,1,0] vs [0,1,0] right -> subset accuracy 1/2.
+    # Micro counts over all cells: TP 2, FP 1, FN 0 -> P 2/3, R 1, F1 4/5.
+    result = multilabel.compute(predictions=[[1, 0, 1], [0, 1, 0]], references=[[1, 0, 0], [0, 1, 0]],
+                                average="micro")
+    assert result == pytest.approx({"accuracy": 0.5, "micro_f1": 0.8})
+
+
+# --- the upstream transformers example scripts, with only the metric name changed -------------------------------------
+
+
+def test_upstream_run_translation_compute_metrics(tmp_path):
+    # The one-line change to run_translation.py: its `evaluate.load("sacrebleu", cache_dir=model_args.cache_dir)`
+    # becomes this call (cache_dir=None when --cache_dir is not given, so both are tried).
+    for cache_dir in (None, str(tmp_path)):
+        metric = evaluate.load(metrics.metric_path("translation_metrics"), cache_dir=cache_dir)
+
+    # From huggingface/transformers examples/pytorch/translation/run_translation.py (commit c73b666), with the
+    # tokenizer decoding replaced by already-decoded strings:
+    def postprocess_text(preds, labels):
+        preds = [pred.strip() for pred in preds]
+        labels = [[label.strip()] for label in labels]
+
+        return preds, labels
+
+    decoded_preds = [f" {h} " for h in HYPOTHESES]  # decoded text keeps stray spaces; postprocess_text strips them
+    decoded_labels = [f"{r}\n" for r in REFERENCES]
+    decoded_preds, decoded_labels = postprocess_text(decoded_preds, decoded_labels)
+    result = metric.compute(predictions=decoded_preds, references=decoded_labels)
+    result = {"bleu": result["score"]}
+    result = {k: round(v, 4) for k, v in result.items()}
+    # (end of the upstream lines)
+
+    assert result == {"bleu": round(sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES]).score, 4)}
+    assert 0 < result["bleu"] < 100
+
+
+def _upstream_classification_metric_and_compute_metrics(metric_name, cache_dir, is_multi_label, is_regression=False):
+    # From huggingface/transformers examples/pytorch/text-classification/run_classification.py (commit e39c9f7),
+    # `data_args.metric_name` / `model_args.cache_dir` replaced by the arguments:
+    metric = (
+        evaluate.load(metric_name, config_name="multilabel", cache_dir=cache_dir)
+        if is_multi_label
+        else evaluate.load(metric_name, cache_dir=cache_dir)
+    )
+
+    def compute_metrics(p):
+        preds = p.predictions[0] if isinstance(p.predictions, tuple) else p.predictions
+        if is_regression:
+            preds = np.squeeze(preds)
+            result = metric.compute(predictions=preds, references=p.label_ids)
+        elif is_multi_label:
+            preds = np.array([np.where(p > 0, 1, 0) for p in preds])  # convert logits to multi-hot encoding
+            # Micro F1 is commonly used in multi-label classification
+            result = metric.compute(predictions=preds, references=p.label_ids, average="micro")
+        else:
+            preds = np.argmax(preds, axis=1)
+            result = metric.compute(predictions=preds, references=p.label_ids)
+        if len(result) > 1:
+            result["combined_score"] = np.mean(list(result.values())).item()
+        return result
+
+    return compute_metrics  # (end of the upstream lines)
+
+
+@pytest.mark.parametrize("cache_dir", [None, "tmp"])
+def test_upstream_run_classification_single_label(tmp_path, cache_dir):
+    from transformers import EvalPrediction
+
+    cache_dir = str(tmp_path) if cache_dir == "tmp" else None
+    compute_metrics = _upstream_classification_metric_and_compute_metrics(
+        metrics.metric_path("classification_metrics"), cache_dir, is_multi_label=False
+    )
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(40, 5)).astype(np.float32)  # what Trainer hands compute_metrics
+    label_ids = rng.integers(0, 5, size=40)
+    # Trainer passes the logits as a tuple when the model returns extra outputs: both forms.
+    for predictions in (logits, (logits, np.zeros((40, 3), dtype=np.float32))):
+        result = compute_metrics(EvalPrediction(predictions=predictions, label_ids=label_ids))
+        preds = logits.argmax(axis=1)
+        accuracy = sklearn_metrics.accuracy_score(label_ids, preds)
+        macro_f1 = sklearn_metrics.f1_score(label_ids, preds, average="macro")
+        assert set(result) == {"accuracy", "macro_f1", "combined_score"}
+        assert result["accuracy"] == pytest.approx(accuracy)
+        assert result["macro_f1"] == pytest.approx(macro_f1)
+        assert result["combined_score"] == pytest.approx((accuracy + macro_f1) / 2)
+        assert 0 < accuracy < 1  # random logits: the check is not trivially 0 or 1
+
+
+def test_upstream_run_classification_multi_label(tmp_path):
+    from transformers import EvalPrediction
+
+    compute_metrics = _upstream_classification_metric_and_compute_metrics(
+        metrics.metric_path("classification_metrics"), str(tmp_path), is_multi_label=True
+    )
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(30, 4)).astype(np.float32)
+    # Upstream stores multi-hot labels as floats (multi_labels_to_ids: "BCELoss requires float as target type").
+    label_ids = (rng.random(size=(30, 4)) < 0.4).astype(np.float32)
+    result = compute_metrics(EvalPrediction(predictions=logits, label_ids=label_ids))
+    preds, refs = (logits > 0).astype(int), label_ids.astype(int)
+    accuracy = sklearn_metrics.accuracy_score(refs, preds)  # exact-match ratio on indicator rows
+    micro_f1 = sklearn_metrics.f1_score(refs, preds, average="micro")
+    assert set(result) == {"accuracy", "micro_f1", "combined_score"}
+    assert result["accuracy"] == pytest.approx(accuracy)
+    assert result["micro_f1"] == pytest.approx(micro_f1)
+    assert result["combined_score"] == pytest.approx((accuracy + micro_f1) / 2)
+    assert 0 < micro_f1 < 1

@@ -14,6 +14,11 @@ Usage::
     mt = metrics.load("translation_metrics")               # sacreBLEU corpus BLEU + chrF
     ce = metrics.load("complement_entropy")                # mean complement entropy of [N, K] logits
 
+The upstream transformers example scripts take these paths in place of Hub names (see ``python -m
+hf_cot.metrics --help``): ``run_classification.py --metric_name "$(python -m hf_cot.metrics path
+classification_metrics)"``, and ``run_translation.py`` with its ``evaluate.load("sacrebleu", ...)`` changed to
+``evaluate.load(hf_cot.metrics.metric_path("translation_metrics"), ...)`` (same inputs, same ``score`` key).
+
 ``evaluate`` (and the metric's own dependencies: scikit-learn, sacrebleu) are optional: they come with
 ``pip install hf-cot[examples]``. ``evaluate`` is imported only when :func:`load` is called, never at
 ``import hf_cot``.
@@ -37,7 +42,10 @@ def metric_path(name: str) -> str:
     """Absolute path of the folder of metric ``name``, the form ``evaluate.load`` treats as local."""
     folder = METRICS_DIR / name
     if not (folder / f"{name}.py").is_file():
-        raise ValueError(f"unknown hf_cot metric {name!r}; available: {available()}")
+        raise ValueError(
+            f"unknown hf_cot metric {name!r}; available: {', '.join(available())} "
+            "(`python -m hf_cot.metrics list` prints them)"
+        )
     return str(folder)
 
 

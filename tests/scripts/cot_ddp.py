@@ -11,7 +11,8 @@ For each configuration, every rank writes to ``OUT/<name>/``:
 * ``batches_rank<r>.json``: for each optimizer step, the dataset indices of the rows this rank consumed in that
   step's accumulation window (recorded by the collator, so by the real data loader);
 * ``saves_rank<r>.json``: the basenames of every ``torch.save`` this rank made (to show who writes checkpoints);
-* ``logs_rank<r>.json``: ``trainer.state.log_history``.
+* ``logs_rank<r>.json``: ``trainer.state.log_history``;
+* ``eval_rank<r>.json``: ``trainer.evaluate()`` on the first 13 rows after training.
 
 With ``--resume``, the configuration ``alternating`` saves checkpoints at steps 2 and 4 and is then resumed from its
 ``checkpoint-2`` into ``OUT/alternating_resumed/`` (transformers >= 5.18 only, see ``PARENT_RESUMES_MULTI_CPU``).
@@ -131,12 +132,15 @@ def run(name: str, out_root: str, batch: int, save_steps: int | None, resume_fro
     # The loader prefetches one batch ahead; keep the micro-batches of the steps actually run, grouped per step.
     micro = collator.micro_batches
     steps = [sorted(sum(micro[s * ga : (s + 1) * ga], [])) for s in range(len(micro) // ga)][:max_steps]
+    # 13 rows: with 2 ranks the sampler pads the last batch with repeated rows, which the metrics must not count.
+    eval_metrics = trainer.evaluate(trainer.train_dataset[:13])
     state = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
     torch.save(state, os.path.join(out, f"params_rank{rank}.pt"))
     for fname, obj in (
         (f"batches_rank{rank}.json", steps),
         (f"saves_rank{rank}.json", recorder.names),
         (f"logs_rank{rank}.json", trainer.state.log_history),
+        (f"eval_rank{rank}.json", eval_metrics),
         (
             f"info_rank{rank}.json",
             {
