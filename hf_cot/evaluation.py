@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .losses import complement_entropy, complement_normalizer
-from .trainer import _aligned_logits, _shifts_labels, _single_label_name
+from .losses import complement_normalizer, per_sample_complement_entropy
+from .modeling import aligned_logits, shifts_labels, single_label_name
 
 
 @torch.no_grad()
@@ -25,9 +25,9 @@ def evaluate_complement_entropy(trainer, dataset=None, metric_key_prefix: str = 
     dataset = trainer.eval_dataset if dataset is None else dataset
     if dataset is None:
         raise ValueError("evaluate_complement_entropy needs a dataset (or the trainer's eval_dataset)")
-    label_name = _single_label_name(getattr(trainer, "label_names", None))
+    label_name = single_label_name(getattr(trainer, "label_names", None))
     model = trainer.model
-    shift = _shifts_labels(model)
+    shift = shifts_labels(model)
     was_training = model.training
     model.eval()
     sums, counts, num_classes = [], [], None
@@ -37,14 +37,10 @@ def evaluate_complement_entropy(trainer, dataset=None, metric_key_prefix: str = 
             raise ValueError(f"the batches have no {label_name!r} key (got {sorted(inputs)}): no labels to score")
         with trainer.compute_loss_context_manager():
             outputs = model(**inputs)
-        logits, labels = _aligned_logits(outputs, inputs[label_name], shift)
+        logits, labels = aligned_logits(outputs, inputs[label_name], shift)
         num_classes = logits.shape[-1]
-        per_position = complement_entropy(logits, labels, reduction="none")
-        # One value per sample (sequence positions summed), so gather_for_metrics can drop the padding samples.
-        dims = tuple(range(1, labels.dim()))
-        per_sample = per_position.sum(dim=dims) if dims else per_position
-        per_count = (labels != -100).sum(dim=dims) if dims else (labels != -100).long()
-        sums.append(trainer.accelerator.gather_for_metrics(per_sample.float()).cpu())
+        per_sample, per_count = per_sample_complement_entropy(logits, labels)
+        sums.append(trainer.accelerator.gather_for_metrics(per_sample).cpu())
         counts.append(trainer.accelerator.gather_for_metrics(per_count).cpu())
     model.train(was_training)
     total = int(torch.cat(counts).sum()) if counts else 0

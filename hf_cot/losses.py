@@ -373,3 +373,16 @@ def guided_complement_entropy(
     entropy, log_pg, valid = complement_terms(logits, labels, ignore_index=ignore_index, chunk_size=chunk_size)
     per_row = guided_rows(entropy, log_pg, valid, logits.shape[-1], alpha)
     return _reduce(per_row, valid, reduction, labels.shape)
+
+
+def per_sample_complement_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample (first dimension): the complement entropy summed over its valid positions, and how many there are.
+
+    One value per sample, not per batch, so that a distributed evaluation can drop the samples that pad its last batch
+    (`accelerator.gather_for_metrics`) before averaging ``sums.sum() / counts.sum()``.
+    """
+    per_position = complement_entropy(logits, labels, reduction="none").float()
+    dims = tuple(range(1, labels.dim()))
+    if not dims:
+        return per_position, (labels != -100).long()
+    return per_position.sum(dim=dims), (labels != -100).sum(dim=dims)

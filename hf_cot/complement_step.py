@@ -1,0 +1,272 @@
+"""The complement update of `cot_mode="alternating"` (the COT paper's Algorithm 1, second half), without a Trainer.
+
+`ComplementStep` owns everything that update needs: a second optimizer of the primary's class and hyper-parameters
+(built from the primary's parameter groups, so frozen / LoRA-excluded weights stay out and weight-decay groups are
+kept), its own learning-rate scheduler of the same type and length, the step itself (forward/backward over the
+micro-batches of one accumulation window, unscale, clip, step, schedule) and its checkpoint files.
+
+It is deliberately *not* `accelerator.prepare`d: a prepared second optimizer would make `clip_grad_norm_` unscale the
+shared fp16 gradients twice, and a prepared scheduler steps once per process.
+
+`check_optimizer_supported` refuses, before training starts, the optimizers for which a second copy over the same
+parameters cannot be right (see its docstring).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable, Sequence
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZER_NAME = "complement_optimizer.pt"
+SCHEDULER_NAME = "complement_scheduler.pt"
+STATE_NAME = "complement_state.json"
+
+_USE_JOINT = (
+    "Use cot_mode='joint' (or 'guided'): a single loss, one optimizer, which works with every optimizer the Trainer "
+    "supports; or pick another --optim for 'alternating'."
+)
+
+
+def unwrap_optimizer(optimizer):
+    """The torch optimizer under accelerate's `AcceleratedOptimizer` (how the Trainer holds its optimizer).
+
+    Other wrappers (Lookahead-style) are left as they are, so that `check_optimizer_supported` sees and refuses them.
+    """
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    while isinstance(optimizer, AcceleratedOptimizer):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+_REASONS = {
+    "layerwise": "its updates happen inside backward() (per-parameter hooks), so the complement step's backward would "
+    "also apply the primary update",
+    "fused_backward": "it fuses the update into backward(), so the complement step's backward would apply the primary "
+    "update",
+    "mode_switch": "it keeps its own parameter averages and needs optimizer.train()/eval() mode switches "
+    "(schedule-free), and a second copy over the same parameters would overwrite them",
+    "wrapper": "it wraps another optimizer, so it cannot be rebuilt from parameter groups",
+}
+
+
+def _unsupported_kind(cls: type) -> str | None:
+    if cls.__name__ == "LayerWiseDummyOptimizer":  # transformers' stand-in for --optim *_layerwise
+        return "layerwise"
+    if cls.__name__ in ("Lomo", "AdaLomo") or "lomo" in cls.__module__.lower():
+        return "fused_backward"
+    if callable(getattr(cls, "train", None)) and callable(getattr(cls, "eval", None)):
+        return "mode_switch"
+    first = list(inspect.signature(cls.__init__).parameters)[1:2]
+    if first and first[0] in ("optimizer", "base_optimizer", "opt"):
+        return "wrapper"
+    return None
+
+
+def _unsupported_kind_by_name(optim: str) -> str | None:
+    if optim.endswith("_layerwise"):
+        return "layerwise"
+    if optim in ("lomo", "adalomo"):
+        return "fused_backward"
+    if optim.startswith("schedule_free"):
+        return "mode_switch"
+    return None
+
+
+def _refuse(kind: str | None, what: str) -> None:
+    if kind is not None:
+        raise ValueError(f"cot_mode='alternating' cannot run with {what}: {_REASONS[kind]}. {_USE_JOINT}")
+
+
+def check_optimizer_supported(optimizer_or_cls) -> None:
+    """Raise `ValueError` (naming cot_mode='joint') for optimizers that 'alternating' cannot copy correctly.
+
+    * Optimizers that step inside `backward` (transformers' layer-wise GaLore/APOLLO via `LayerWiseDummyOptimizer`,
+      LOMO/AdaLomo): the complement backward would run the *primary* optimizer's per-parameter updates.
+    * Optimizers with a train/eval mode whose parameters are an average kept by the optimizer (schedule-free
+      AdamW/RAdam/SGD): two of them over the same parameters overwrite each other's interpolation, and the Trainer
+      switches only its own optimizer's mode.
+    * Wrappers around another optimizer (Lookahead-style): `type(opt)(param_groups, **defaults)` cannot rebuild them.
+    """
+    cls = optimizer_or_cls if isinstance(optimizer_or_cls, type) else type(unwrap_optimizer(optimizer_or_cls))
+    _refuse(_unsupported_kind(cls), cls.__name__)
+
+
+def check_optim_name_supported(optim) -> None:
+    """The same refusals from a `--optim` value, before the optimizer exists (building it could register hooks)."""
+    name = str(getattr(optim, "value", optim)).lower()  # an OptimizerNames member or its string
+    _refuse(_unsupported_kind_by_name(name), f"--optim {name}")
+
+
+def copy_optimizer(primary: torch.optim.Optimizer, lr_ratio: float) -> torch.optim.Optimizer:
+    """A fresh optimizer of the primary's class over its trainable parameters, group by group, lr scaled."""
+    primary = unwrap_optimizer(primary)
+    check_optimizer_supported(primary)
+    groups = []
+    for group in primary.param_groups:
+        # Same hyper-parameters group by group (weight decay on/off, per-group lr), only trainable params.
+        new_group = {k: v for k, v in group.items() if k not in ("params", "initial_lr")}
+        new_group["params"] = [p for p in group["params"] if p.requires_grad]
+        new_group["lr"] = group.get("initial_lr", group["lr"]) * lr_ratio
+        groups.append(new_group)
+    # Constructor keywords only: `defaults` may hold derived entries (AdamW's decoupled_weight_decay).
+    accepted = inspect.signature(type(primary).__init__).parameters
+    kwargs = {k: v for k, v in primary.defaults.items() if k in accepted and k not in ("params", "lr")}
+    if "lr" in accepted and groups:  # every group sets its own lr; some constructors still require one (optimi's)
+        kwargs["lr"] = groups[0]["lr"]
+    try:
+        return type(primary)(groups, **kwargs)
+    except TypeError as err:
+        raise TypeError(
+            f"cannot build the complement optimizer as a copy of {type(primary).__name__}: {err}. Use a standard "
+            f"torch optimizer (e.g. --optim adamw_torch) for cot_mode='alternating'. {_USE_JOINT}"
+        ) from err
+
+
+class ComplementStep:
+    """The alternating complement update: optimizer, scheduler, one step per window, counters, checkpoint files.
+
+    ``entropy_fn(inputs) -> (entropy_sum, num_classes)`` runs one micro-batch forward (no labels) and returns the
+    summed complement entropy of its valid positions with its graph; the trainer supplies it (input preparation,
+    autocast and logits alignment are the trainer's business).
+    """
+
+    def __init__(self, primary: torch.optim.Optimizer, args, num_training_steps: int):
+        from transformers.optimization import get_scheduler
+
+        primary = unwrap_optimizer(primary)
+        base_lr = args.learning_rate
+        ratio = args.effective_complement_learning_rate / base_lr if base_lr > 0 else 0.0
+        self.optimizer = copy_optimizer(primary, ratio)
+        self.scheduler = get_scheduler(
+            args.lr_scheduler_type,
+            optimizer=self.optimizer,
+            num_warmup_steps=args.get_warmup_steps(num_training_steps),
+            num_training_steps=num_training_steps,
+            scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+        )
+        self.normalization = args.complement_normalization
+        self.every = args.complement_every
+        self.max_grad_norm = args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else math.inf
+        self.steps = 0
+        self.skipped_steps = 0
+        self._warned_empty_window = False
+
+    def __call__(
+        self,
+        *,
+        model: torch.nn.Module,
+        window: Sequence[dict],
+        count: torch.Tensor | None,
+        denominator: torch.Tensor,
+        entropy_fn: Callable[[dict], tuple[torch.Tensor, int]],
+        accelerator,
+        step_number: int,
+    ) -> dict[str, torch.Tensor] | None:
+        """Run the update for optimizer step ``step_number`` (1-based); returns the values to log, or None."""
+        from .losses import complement_normalizer
+
+        if step_number % self.every != 0:
+            self._advance_schedule()
+            return None
+        if count is None or int(count) == 0:
+            if not self._warned_empty_window:
+                logger.warning(
+                    "Every label of optimizer step %d is -100: the CE and complement losses are 0 and the complement "
+                    "step is skipped (a zero-gradient step would still move AdamW weights).",
+                    step_number,
+                )
+                self._warned_empty_window = True
+            self.skipped_steps += 1
+            return None
+        model.zero_grad(set_to_none=True)  # the CE gradients must not leak into the complement step
+        entropy_sum = torch.zeros((), device=denominator.device)
+        scale = None
+        for i, inputs in enumerate(window):
+            # One gradient all-reduce per step: every micro-batch but the last accumulates locally.
+            sync = contextlib.nullcontext() if i == len(window) - 1 else accelerator.no_sync(model)
+            with sync:
+                batch_entropy, num_classes = entropy_fn(inputs)
+                scale = complement_normalizer(num_classes, self.normalization)
+                accelerator.backward(-batch_entropy / scale / denominator)
+            entropy_sum += batch_entropy.detach()
+            del batch_entropy
+
+        optimizer = self.optimizer
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        scaler = accelerator.scaler
+        if scaler is not None:
+            # Only this optimizer is unscaled: `accelerator.clip_grad_norm_` would also unscale the primary one,
+            # whose GradScaler state was reset by its `update()`, dividing the shared gradients twice.
+            scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        finite = bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(entropy_sum))
+        if scaler is not None:
+            scaler.step(optimizer)  # skips by itself when unscale_ found inf/nan
+            scaler.update()
+        elif finite:
+            optimizer.step()
+        model.zero_grad(set_to_none=True)
+        if not finite:
+            if scaler is not None:  # routine while the fp16 GradScaler searches its scale
+                logger.info("fp16 overflow in the complement step at step %d: skipped, scale lowered.", step_number)
+            else:
+                logger.warning("Non-finite complement loss or gradient at step %d: complement step skipped.", step_number)
+            # A skipped step does not advance its schedule, as the Trainer does for an fp16 overflow.
+            self.skipped_steps += 1
+            return None
+        self.steps += 1
+        self._advance_schedule()
+        # Normalized like the loss (count / num_processes); the trainer's log averages over processes.
+        mean_entropy = entropy_sum / denominator
+        return {"complement_entropy": mean_entropy, "complement_loss": -mean_entropy / scale}
+
+    def _advance_schedule(self) -> None:
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            return
+        with warnings.catch_warnings():
+            # With complement_every > 1 the schedule advances before the optimizer's first step, on purpose.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+            self.scheduler.step()
+
+    # ------------------------------------------------------------------ checkpoint files
+
+    def save(self, output_dir: str) -> None:
+        torch.save(self.optimizer.state_dict(), os.path.join(output_dir, OPTIMIZER_NAME))
+        torch.save(self.scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
+        with open(os.path.join(output_dir, STATE_NAME), "w") as f:
+            json.dump({"complement_steps": self.steps, "complement_skipped_steps": self.skipped_steps}, f)
+
+    def load(self, checkpoint: str, device: torch.device) -> bool:
+        """Load what `save` wrote; False (and a warning) when the checkpoint has no complement files."""
+        optimizer_file = os.path.join(checkpoint, OPTIMIZER_NAME)
+        if not os.path.isfile(optimizer_file):
+            warnings.warn(
+                f"{checkpoint} has no {OPTIMIZER_NAME}: the complement optimizer and scheduler start fresh, "
+                "so training will not match an uninterrupted COT run",
+                UserWarning,
+                stacklevel=3,
+            )
+            return False
+        # An indexed CPU device ("cpu:1" under MULTI_CPU/gloo) cannot be a map_location; the optimizer moves its state
+        # to each parameter's device itself.
+        map_location = "cpu" if device.type == "cpu" else device
+        self.optimizer.load_state_dict(torch.load(optimizer_file, map_location=map_location, weights_only=True))
+        self.scheduler.load_state_dict(torch.load(os.path.join(checkpoint, SCHEDULER_NAME), weights_only=True))
+        state_file = os.path.join(checkpoint, STATE_NAME)
+        if os.path.isfile(state_file):
+            with open(state_file) as f:
+                state = json.load(f)
+            self.steps = state["complement_steps"]
+            self.skipped_steps = state["complement_skipped_steps"]
+        return True
