@@ -51,6 +51,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 import torch.nn.functional as F
 
+from _provenance import provenance
 from hf_cot.losses import complement_objective
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -234,7 +235,9 @@ def plot_sweep(path: str, n: int, device: torch.device, repeats: int, scale: flo
     for v in PLOT_VOCABS:
         row = measure_case(n, v, dtype, device, repeats, scale)
         rows.append(row)
-        print(f"  sweep N={n} V={v}: " + ", ".join(f"{k} {_fmt_time(s)}" for k, s in row["time_s"].items()), flush=True)
+        print(
+            f"  sweep N={n} V={v}: " + ", ".join(f"{k} {_fmt_time(s)}" for k, s in row["time_s"].items()), flush=True
+        )
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
     styles = {"ours": "o-", "official": "s--", "cross_entropy": "^:"}
     labels = {
@@ -303,8 +306,7 @@ def main(argv=None) -> int:
     if rows:
         print()
         print(
-            f"median of {repeats} interleaved runs; {info['device']}, torch {info['torch']}, "
-            f"{info['threads']} threads"
+            f"median of {repeats} interleaved runs; {info['device']}, torch {info['torch']}, {info['threads']} threads"
         )
         print(format_table(rows))
 
@@ -316,7 +318,7 @@ def main(argv=None) -> int:
 
     if args.json_out:
         with open(args.json_out, "w") as f:
-            json.dump({"machine": info, "repeats": repeats, "rows": rows, "sweep": sweep}, f, indent=2)
+            json.dump({**provenance(), "machine": info, "repeats": repeats, "rows": rows, "sweep": sweep}, f, indent=2)
     return 0
 
 

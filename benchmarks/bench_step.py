@@ -16,6 +16,7 @@ Targets (issue 5): alternating <= 2.05x (its floor is 2.0x: one extra forward an
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -40,6 +41,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from _provenance import provenance
 from hf_cot import COTSeq2SeqTrainer, COTSeq2SeqTrainingArguments, COTTrainer, COTTrainingArguments
 
 # all-MiniLM-L6-v2's shape (random init is fine for timing).
@@ -53,7 +55,13 @@ VARIANTS = {
     "joint": {"cot_mode": "joint"},
     "guided": {"cot_mode": "guided"},
 }
-TARGETS = {"alternating": 2.05, "alternating every=2": 1.5 * 1.05, "alternating every=4": 1.25 * 1.05, "joint": 1.05, "guided": 1.05}
+TARGETS = {
+    "alternating": 2.05,
+    "alternating every=2": 1.5 * 1.05,
+    "alternating every=4": 1.25 * 1.05,
+    "joint": 1.05,
+    "guided": 1.05,
+}
 
 
 def build_classifier():
@@ -73,8 +81,11 @@ def build_bert2bert():
 def classifier_data(n, seq_len, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [
-        {"input_ids": torch.randint(1000, 30000, (seq_len,), generator=g), "attention_mask": torch.ones(seq_len, dtype=torch.long),
-         "labels": int(torch.randint(0, 5, (1,), generator=g))}
+        {
+            "input_ids": torch.randint(1000, 30000, (seq_len,), generator=g),
+            "attention_mask": torch.ones(seq_len, dtype=torch.long),
+            "labels": int(torch.randint(0, 5, (1,), generator=g)),
+        }
         for _ in range(n)
     ]
 
@@ -84,9 +95,14 @@ def seq2seq_data(n, seq_len, seed=0):
     rows = []
     for _ in range(n):
         labels = torch.randint(1000, 30000, (seq_len,), generator=g)
-        labels[int(torch.randint(seq_len // 2, seq_len, (1,), generator=g)):] = -100
-        rows.append({"input_ids": torch.randint(1000, 30000, (seq_len,), generator=g),
-                     "attention_mask": torch.ones(seq_len, dtype=torch.long), "labels": labels})
+        labels[int(torch.randint(seq_len // 2, seq_len, (1,), generator=g)) :] = -100
+        rows.append(
+            {
+                "input_ids": torch.randint(1000, 30000, (seq_len,), generator=g),
+                "attention_mask": torch.ones(seq_len, dtype=torch.long),
+                "labels": labels,
+            }
+        )
     return rows
 
 
@@ -105,20 +121,31 @@ def time_variant(kind, variant, init_state, data, opts) -> float:
     model.load_state_dict(init_state)
     seq2seq = kind == "seq2seq"
     common = dict(
-        output_dir=tempfile.mkdtemp(), report_to=[], save_strategy="no", disable_tqdm=True, seed=0, logging_steps=10_000,
-        per_device_train_batch_size=opts.batch_size, max_steps=opts.warmup + opts.steps, use_cpu=opts.device == "cpu",
-        fp16=opts.fp16, bf16=opts.bf16, dataloader_num_workers=0,
+        output_dir=tempfile.mkdtemp(),
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        logging_steps=10_000,
+        per_device_train_batch_size=opts.batch_size,
+        max_steps=opts.warmup + opts.steps,
+        use_cpu=opts.device == "cpu",
+        fp16=opts.fp16,
+        bf16=opts.bf16,
+        dataloader_num_workers=0,
     )
     if variant is None:
         args_cls, trainer_cls = (Seq2SeqTrainingArguments, Seq2SeqTrainer) if seq2seq else (TrainingArguments, Trainer)
         args = args_cls(**common)
     else:
-        args_cls, trainer_cls = (COTSeq2SeqTrainingArguments, COTSeq2SeqTrainer) if seq2seq else (COTTrainingArguments, COTTrainer)
+        args_cls, trainer_cls = (
+            (COTSeq2SeqTrainingArguments, COTSeq2SeqTrainer) if seq2seq else (COTTrainingArguments, COTTrainer)
+        )
         args = args_cls(**common, **variant)
     timer = StepTimer()
     trainer = trainer_cls(model=model, args=args, train_dataset=data, callbacks=[timer])
     trainer.train()
-    deltas = [b - a for a, b in zip(timer.times, timer.times[1:])][opts.warmup - 1:]
+    deltas = [b - a for a, b in itertools.pairwise(timer.times)][opts.warmup - 1 :]
     return statistics.median(deltas) if opts.statistic == "median" else statistics.mean(deltas)
 
 
@@ -134,17 +161,30 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--fp16", action="store_true")
     parser.add_argument("--bf16", action="store_true")
-    parser.add_argument("--statistic", choices=["median", "mean"], default="mean",
-                        help="per-measurement statistic over step times; 'mean' is right for complement_every=k")
+    parser.add_argument(
+        "--statistic",
+        choices=["median", "mean"],
+        default="mean",
+        help="per-measurement statistic over step times; 'mean' is right for complement_every=k",
+    )
     parser.add_argument("--json", default=None)
     opts = parser.parse_args()
 
     variants = [v.strip() for v in opts.variants.split(",")]
-    results = {"machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-                           "torch": torch.__version__, "transformers": transformers.__version__,
-                           "device": torch.cuda.get_device_name() if opts.device == "cuda" else "cpu",
-                           "threads": torch.get_num_threads()},
-               "options": vars(opts), "models": {}}
+    results = {
+        **provenance(),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "device": torch.cuda.get_device_name() if opts.device == "cuda" else "cpu",
+            "threads": torch.get_num_threads(),
+        },
+        "options": vars(opts),
+        "models": {},
+    }
     for kind in opts.models.split(","):
         init_state = (build_classifier() if kind == "classifier" else build_bert2bert()).state_dict()
         n = opts.batch_size * (opts.warmup + opts.steps)
@@ -160,12 +200,16 @@ def main():
             sec = statistics.median(samples[v])
             rows[v] = {"s_per_step": sec, "ratio": sec / base, "target": TARGETS.get(v), "samples": samples[v]}
         results["models"][kind] = rows
-        print(f"\n{kind} (batch {opts.batch_size}, seq {opts.seq_len if kind == 'classifier' else opts.seq_len // 2}, {results['machine']['device']})")
-        print(f"| variant | s/step | ratio vs plain | target | met |\n|---|---|---|---|---|")
+        print(
+            f"\n{kind} (batch {opts.batch_size}, seq {opts.seq_len if kind == 'classifier' else opts.seq_len // 2}, {results['machine']['device']})"
+        )
+        print("| variant | s/step | ratio vs plain | target | met |\n|---|---|---|---|---|")
         for v, row in rows.items():
             target = row["target"]
             met = "" if target is None else ("yes" if row["ratio"] <= target else "NO")
-            print(f"| {v} | {row['s_per_step']:.3f} | {row['ratio']:.3f}x | {'' if target is None else f'<= {target:.3f}x'} | {met} |")
+            print(
+                f"| {v} | {row['s_per_step']:.3f} | {row['ratio']:.3f}x | {'' if target is None else f'<= {target:.3f}x'} | {met} |"
+            )
         print()
     if opts.json:
         with open(opts.json, "w") as f:

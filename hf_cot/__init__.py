@@ -30,8 +30,10 @@ _LAZY = {
 __all__ = [
     "COTTrainer",
     "COTSeq2SeqTrainer",
+    "COTMixin",
     "COTTrainingArguments",
     "COTSeq2SeqTrainingArguments",
+    "COTArgumentsMixin",
     "COT_MODES",
     "complement_entropy",
     "complement_objective",

@@ -25,8 +25,15 @@ _MAX_BLOCK = 4096
 
 @triton.jit
 def _forward_kernel(
-    logits_ptr, stride_row, target_ptr, row_max_ptr, sum_e_ptr, sum_ez_ptr, num_classes,
-    FLOOR: tl.constexpr, BLOCK: tl.constexpr,
+    logits_ptr,
+    stride_row,
+    target_ptr,
+    row_max_ptr,
+    sum_e_ptr,
+    sum_ez_ptr,
+    num_classes,
+    FLOOR: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     base = logits_ptr + row * stride_row
@@ -63,8 +70,18 @@ def _forward_kernel(
 
 @triton.jit
 def _backward_kernel(
-    logits_ptr, stride_row, grad_ptr, stride_grad_row, target_ptr, row_max_ptr, alpha_ptr, beta_ptr, at_target_ptr,
-    num_classes, FLOOR: tl.constexpr, BLOCK: tl.constexpr,
+    logits_ptr,
+    stride_row,
+    grad_ptr,
+    stride_grad_row,
+    target_ptr,
+    row_max_ptr,
+    alpha_ptr,
+    beta_ptr,
+    at_target_ptr,
+    num_classes,
+    FLOOR: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     base = logits_ptr + row * stride_row
@@ -125,8 +142,18 @@ def backward_grad(logits, target, row_max, alpha, beta, at_target, floor: float)
         block, warps = _block(k)
         with _on_device_of(logits):
             _backward_kernel[(n,)](
-                logits, logits.stride(0), grad, grad.stride(0), target, row_max,
-                alpha.contiguous(), beta.contiguous(), at_target.contiguous(), k,
-                FLOOR=floor, BLOCK=block, num_warps=warps,
+                logits,
+                logits.stride(0),
+                grad,
+                grad.stride(0),
+                target,
+                row_max,
+                alpha.contiguous(),
+                beta.contiguous(),
+                at_target.contiguous(),
+                k,
+                FLOOR=floor,
+                BLOCK=block,
+                num_warps=warps,
             )
     return grad

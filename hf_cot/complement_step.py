@@ -15,6 +15,7 @@ parameters cannot be right (see its docstring).
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import json
 import logging
@@ -119,18 +120,40 @@ def copy_optimizer(primary: torch.optim.Optimizer, lr_ratio: float) -> torch.opt
         new_group["params"] = [p for p in group["params"] if p.requires_grad]
         new_group["lr"] = group.get("initial_lr", group["lr"]) * lr_ratio
         groups.append(new_group)
-    # Constructor keywords only: `defaults` may hold derived entries (AdamW's decoupled_weight_decay).
-    accepted = inspect.signature(type(primary).__init__).parameters
-    kwargs = {k: v for k, v in primary.defaults.items() if k in accepted and k not in ("params", "lr")}
-    if "lr" in accepted and groups:  # every group sets its own lr; some constructors still require one (optimi's)
-        kwargs["lr"] = groups[0]["lr"]
+    kwargs = _constructor_kwargs(primary)
+    if "lr" in inspect.signature(type(primary).__init__).parameters and groups:
+        kwargs["lr"] = groups[0]["lr"]  # every group sets its own lr; some constructors still require one (optimi's)
     try:
         return type(primary)(groups, **kwargs)
-    except TypeError as err:
+    except (TypeError, ValueError, AttributeError) as err:
         raise TypeError(
             f"cannot build the complement optimizer as a copy of {type(primary).__name__}: {err}. Use a standard "
             f"torch optimizer (e.g. --optim adamw_torch) for cot_mode='alternating'. {_USE_JOINT}"
         ) from err
+
+
+_SIMPLE = (bool, int, float, str, tuple, type(None))
+
+
+def _constructor_kwargs(primary: torch.optim.Optimizer) -> dict:
+    """The primary's constructor arguments, so that the copy is configured like it.
+
+    Most live in `defaults`. Some optimizers keep others on the instance: bitsandbytes its `args` (optim_bits,
+    min_8bit_size, percentile_clipping, block_wise, max_unorm: without them an 8-bit optimizer's copy keeps 32-bit
+    state) and `is_paged`; torchao its `block_size`. Only constructor parameters are passed (`defaults` may hold
+    derived entries, e.g. AdamW's decoupled_weight_decay).
+    """
+    kwargs = {}
+    for name, parameter in inspect.signature(type(primary).__init__).parameters.items():
+        if name in ("self", "params", "lr") or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        if name in primary.defaults:
+            kwargs[name] = primary.defaults[name]
+        elif name == "args" and hasattr(primary, "args"):  # bitsandbytes keeps its settings object there
+            kwargs[name] = copy.copy(primary.args)
+        elif isinstance(getattr(primary, name, None), _SIMPLE) and hasattr(primary, name):
+            kwargs[name] = getattr(primary, name)
+    return kwargs
 
 
 class ComplementStep:
@@ -221,7 +244,9 @@ class ComplementStep:
             if scaler is not None:  # routine while the fp16 GradScaler searches its scale
                 logger.info("fp16 overflow in the complement step at step %d: skipped, scale lowered.", step_number)
             else:
-                logger.warning("Non-finite complement loss or gradient at step %d: complement step skipped.", step_number)
+                logger.warning(
+                    "Non-finite complement loss or gradient at step %d: complement step skipped.", step_number
+                )
             # A skipped step does not advance its schedule, as the Trainer does for an fp16 overflow.
             self.skipped_steps += 1
             return None

@@ -13,7 +13,62 @@ COT_MODES = ("alternating", "joint", "guided", "off")
 
 @dataclass
 class COTArgumentsMixin:
-    """The Complement Objective Training fields, defined once for both argument classes."""
+    r"""
+    The Complement Objective Training fields, defined once for [`COTTrainingArguments`] and
+    [`COTSeq2SeqTrainingArguments`].
+
+    Every other field is the parent's (see [`~transformers.TrainingArguments`]). With
+    [`~transformers.HfArgumentParser`] these fields become command-line arguments (`--cot_mode joint`, ...).
+
+    Parameters:
+        > Parameters that choose the mode
+
+        cot_mode (`str`, *optional*, defaults to `"joint"`):
+            How the complement objective enters training. Possible values are:
+
+            - `"joint"` (CCE): one update on `CE + complement_weight * (-H / c)` (about 1x the cost of a CE step).
+              The default: the only mode never worse than cross-entropy in the study (RESULTS.md: BBC-5,
+              verse->book 66 classes, es->en translation).
+            - `"alternating"` (the COT paper's Algorithm 1): every optimizer step is followed by a second
+              forward/backward on the same micro-batches that maximizes the complement entropy, applied by a
+              separate optimizer on the same learning-rate schedule (about 2x).
+            - `"guided"` (GCE, ICCV 2019): one update on the Guided Complement Entropy loss alone (about 1x).
+            - `"off"`: exactly the parent Trainer.
+
+        > Parameters that control the complement optimizer (`"alternating"` only)
+
+        complement_learning_rate (`float` or `None`, *optional*, defaults to `None`):
+            Peak learning rate of the complement optimizer, a copy of the primary optimizer's class, parameter
+            groups and hyper-parameters. It follows the same scheduler type, warm-up and length as the primary one.
+            `None` means `learning_rate` (as in the official COT code).
+        complement_every (`int`, *optional*, defaults to `1`):
+            Run the complement update on every k-th optimizer step only (cost about 1 + 1/k of a CE step). The
+            complement learning-rate schedule still advances every step.
+
+        > Parameters that weight the objective (`"joint"` and `"guided"`)
+
+        complement_weight (`float`, *optional*, defaults to `1.0`):
+            Weight of the normalized complement objective added to cross-entropy in `"joint"` mode:
+            `loss = CE + complement_weight * (-H / c)`. CCE's recommended gamma = -1 with its 1/(K-1) factor is
+            `complement_weight=1` with `complement_normalization="paper"`. Must be >= 0.
+        guided_alpha (`float`, *optional*, defaults to `1/3`):
+            Exponent alpha of the guide factor `p_g^alpha` in `"guided"` mode (GCE paper default). Must be >= 0.
+
+        > Parameters that normalize the complement entropy (`"alternating"` and `"joint"`)
+
+        complement_normalization (`str`, *optional*, defaults to `"log"`):
+            Constant `c` the complement entropy H is divided by in the complement objective `-H / c`, over K classes
+            (or vocabulary entries). Possible values are:
+
+            - `"log"`: `c = log(K-1)`, so the objective lies in [-1, 0] for any K.
+            - `"paper"`: `c = K-1`, the COT paper's Eq. 2; over a 30k vocabulary this makes an SGD complement step
+              about 3000x smaller than with `"log"`.
+            - `"none"`: `c = 1`.
+
+            With Adam/AdamW a constant scale mostly cancels in the update, so the choice matters most for SGD and
+            for `"joint"` mode, where it sets the balance against CE. `"guided"` mode always divides by
+            `log(K-1)`, as GCE does.
+    """
 
     cot_mode: str = field(
         default="joint",
@@ -95,7 +150,11 @@ class COTArgumentsMixin:
             )
         if not self.guided_alpha >= 0:
             raise ValueError(f"--guided_alpha must be >= 0, got {self.guided_alpha}")
-        if isinstance(self.complement_every, bool) or not isinstance(self.complement_every, int) or self.complement_every < 1:
+        if (
+            isinstance(self.complement_every, bool)
+            or not isinstance(self.complement_every, int)
+            or self.complement_every < 1
+        ):
             raise ValueError(f"--complement_every must be an integer >= 1, got {self.complement_every!r}")
 
     @property

@@ -308,7 +308,9 @@ class COTMixin:
             else contextlib.nullcontext()
         )
         with capture:
-            result = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
+            result = super().prediction_step(
+                model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs
+            )
         if self._cot_eval_batch is not None and self._cot_eval_sums is not None:
             # gather_for_metrics drops the samples that pad the last batch across processes (as the loop does).
             sums, counts = (self.accelerator.gather_for_metrics(t) for t in self._cot_eval_batch)
@@ -337,7 +339,9 @@ class COTMixin:
         self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
     ):
         if self.cot_mode == "off":
-            return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+            return super().evaluation_loop(
+                dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix
+            )
         self._cot_eval_sums, self._cot_eval_counts = [], []
         try:
             output = super().evaluation_loop(
@@ -370,7 +374,7 @@ class COTMixin:
                 values = torch.stack([self._cot_sums[k] for k in keys])
                 if self.accelerator.num_processes > 1:
                     values = self.accelerator.reduce(values, reduction="mean")
-                for key, value in zip(keys, (values / self._cot_log_steps).tolist()):
+                for key, value in zip(keys, (values / self._cot_log_steps).tolist(), strict=True):
                     logs[key] = value
             if self.cot_mode == "alternating":
                 logs["complement_skipped_steps"] = self.complement_skipped_steps

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create (or reuse) .venv with torch, hf-cot and its test/example extras, plus the offline demo assets.
+# Create (or reuse) .venv with torch, hf-cot and its test/example extras (ruff included), plus the offline demo assets.
 # Idempotent: a second run only checks what is there. Usage: bash scripts/setup_env.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +20,10 @@ fi
 # HF_COT_TRANSFORMERS=X.Y.Z pins transformers (CI's oldest-version run). It goes into the same pip resolution as
 # everything else, so that datasets/huggingface_hub get versions compatible with it.
 PIN=${HF_COT_TRANSFORMERS:+transformers==$HF_COT_TRANSFORMERS}
-if ! python -c "import hf_cot, pytest, evaluate, sacrebleu, sklearn, datasets, sentencepiece, peft, hypothesis" 2>/dev/null \
+# The linter's version is pinned in the test extra: a venv with another ruff (or none) gets the pinned one.
+RUFF=$(sed -n 's/.*"ruff==\([0-9.]*\)".*/\1/p' pyproject.toml)
+if ! python -c "import hf_cot, pytest, evaluate, sacrebleu, sklearn, datasets, sentencepiece, peft, hypothesis, bitsandbytes, galore_torch, apollo_torch, lomo_optim, schedulefree, grokadamw, optimi" 2>/dev/null \
+   || [ "$(python -m ruff --version 2>/dev/null)" != "ruff $RUFF" ] \
    || { [ -n "$PIN" ] && ! python -c "import transformers,sys; sys.exit(transformers.__version__ != '$HF_COT_TRANSFORMERS')"; }; then
   echo "[setup] installing hf-cot[test,examples] $PIN"
   pipq -e ".[test,examples]" $PIN

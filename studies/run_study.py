@@ -7,6 +7,7 @@ with `wall_time.json`), so every number in RESULTS.md is traceable. Runs that al
 skipped, so an interrupted study resumes where it stopped.
 
     python studies/run_study.py --plan bbc --seeds 0,1,2,3,4          # BBC News, 5 classes, MiniLM
+    python studies/run_study.py --plan bbc_pgd --seeds 0,1,2 --jobs 2 # the same, + 10-step PGD (CE and margin loss)
     python studies/run_study.py --plan ablation --seeds 0,1,2          # complement LR / normalization / every-k
     python studies/run_study.py --plan books --seeds 0,1               # verse -> book, 66 classes: a small first try
     python studies/run_study.py --plan books_full --seeds 0,1,2        # verse -> book, 150 verses/book, 3 epochs
@@ -51,35 +52,112 @@ ABLATION = {
     "alt_paper": ["--cot_mode", "alternating", "--complement_normalization", "paper"],
     "alt_every2": ["--cot_mode", "alternating", "--complement_every", "2"],
     "alt_sgd_log": ["--cot_mode", "alternating", "--optim", "sgd", "--learning_rate", "3e-2"],
-    "alt_sgd_paper": ["--cot_mode", "alternating", "--optim", "sgd", "--learning_rate", "3e-2", "--complement_normalization", "paper"],
+    "alt_sgd_paper": [
+        "--cot_mode",
+        "alternating",
+        "--optim",
+        "sgd",
+        "--learning_rate",
+        "3e-2",
+        "--complement_normalization",
+        "paper",
+    ],
     "ce_sgd": ["--cot_mode", "off", "--optim", "sgd", "--learning_rate", "3e-2"],
     # The default mode's one knob: the weight of the complement term against CE ("joint" in the bbc plan is 1.0).
     "joint_w0.5": ["--cot_mode", "joint", "--complement_weight", "0.5"],
     "joint_w2": ["--cot_mode", "joint", "--complement_weight", "2"],
 }
 
-COMMON = ["--report_to", "none", "--save_strategy", "no", "--eval_strategy", "no", "--logging_steps", "10",
-          "--disable_tqdm", "true", "--do_train", "--do_eval", "--do_predict"]
-CLASSIFY_BUDGET = ["--max_seq_length", "64", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "64",
-                   "--num_train_epochs", "1", "--learning_rate", "2e-4", "--warmup_steps", "5",
-                   "--fgsm_epsilons", "0.01,0.03,0.1"]
+COMMON = [
+    "--report_to",
+    "none",
+    "--save_strategy",
+    "no",
+    "--eval_strategy",
+    "no",
+    "--logging_steps",
+    "10",
+    "--disable_tqdm",
+    "true",
+    "--do_train",
+    "--do_eval",
+    "--do_predict",
+]
+CLASSIFY_BUDGET = [
+    "--max_seq_length",
+    "64",
+    "--per_device_train_batch_size",
+    "16",
+    "--per_device_eval_batch_size",
+    "64",
+    "--num_train_epochs",
+    "1",
+    "--learning_rate",
+    "2e-4",
+    "--warmup_steps",
+    "5",
+    "--fgsm_epsilons",
+    "0.01,0.03,0.1",
+]
+# Multi-step attacks next to FGSM (issue #15): 10-step L-inf PGD from a random start, cross-entropy and margin loss.
+PGD_ATTACKS = ["--pgd_epsilons", "0.01,0.03,0.1", "--pgd_steps", "10", "--pgd_losses", "ce,margin"]
 PLANS = {
     "bbc": (CLASSIFY, MODES, CLASSIFY_BUDGET + ["--max_train_samples", "800"]),
+    # The bbc plan's runs (same commands, seeds, budget) with PGD added: the same models, attacked harder.
+    "bbc_pgd": (CLASSIFY, MODES, CLASSIFY_BUDGET + ["--max_train_samples", "800"] + PGD_ATTACKS),
     "ablation": (CLASSIFY, ABLATION, CLASSIFY_BUDGET + ["--max_train_samples", "800"]),
     "books": (CLASSIFY, MODES, CLASSIFY_BUDGET + ["--text_column_name", "text", "--label_column_name", "label"]),
     # The 66-class task with a budget that trains it (the "books" budget above leaves every variant near chance).
-    "books_full": (CLASSIFY, MODES, CLASSIFY_BUDGET + [
-        "--text_column_name", "text", "--label_column_name", "label", "--per_device_train_batch_size", "32",
-        "--num_train_epochs", "3", "--learning_rate", "1e-4", "--warmup_steps", "50",
-    ]),
+    "books_full": (
+        CLASSIFY,
+        MODES,
+        CLASSIFY_BUDGET
+        + [
+            "--text_column_name",
+            "text",
+            "--label_column_name",
+            "label",
+            "--per_device_train_batch_size",
+            "32",
+            "--num_train_epochs",
+            "3",
+            "--learning_rate",
+            "1e-4",
+            "--warmup_steps",
+            "50",
+        ],
+    ),
     # About 2.8 epochs of the 27,812 training verse pairs: BERT2BERT's fresh cross-attention needs thousands of
     # examples before the output stops repeating phrases (150 steps of 16 did not get there).
-    "translation": (TRANSLATE, MODES, [
-        "--predict_with_generate", "--max_source_length", "64", "--max_target_length", "64",
-        "--per_device_train_batch_size", "64", "--per_device_eval_batch_size", "128", "--max_steps", "1200",
-        "--learning_rate", "1e-4", "--warmup_steps", "100", "--max_eval_samples", "200",
-        "--generation_max_length", "64", "--num_beams", "1", "--logging_steps", "50",
-    ]),
+    "translation": (
+        TRANSLATE,
+        MODES,
+        [
+            "--predict_with_generate",
+            "--max_source_length",
+            "64",
+            "--max_target_length",
+            "64",
+            "--per_device_train_batch_size",
+            "64",
+            "--per_device_eval_batch_size",
+            "128",
+            "--max_steps",
+            "1200",
+            "--learning_rate",
+            "1e-4",
+            "--warmup_steps",
+            "100",
+            "--max_eval_samples",
+            "200",
+            "--generation_max_length",
+            "64",
+            "--num_beams",
+            "1",
+            "--logging_steps",
+            "50",
+        ],
+    ),
 }
 # Verses per book in the training split of each verse -> book plan.
 BOOKS_TRAIN_PER_BOOK = {"books": 40, "books_full": 150}
@@ -110,9 +188,11 @@ def write_books_task(out_dir: str, train_per_book: int = 40, test_per_book: int 
         n_test = min(test_per_book, len(verses) // 4)
         n_val = min(test_per_book // 2, len(verses) // 8)
         splits["test"] += [{"text": v, "label": book} for v in verses[:n_test]]
-        splits["validation"] += [{"text": v, "label": book} for v in verses[n_test:n_test + n_val]]
-        splits["train"] += [{"text": v, "label": book} for v in verses[n_test + n_val:n_test + n_val + train_per_book]]
-    for path, (name, rows) in zip(paths, splits.items()):
+        splits["validation"] += [{"text": v, "label": book} for v in verses[n_test : n_test + n_val]]
+        splits["train"] += [
+            {"text": v, "label": book} for v in verses[n_test + n_val : n_test + n_val + train_per_book]
+        ]
+    for path, rows in zip(paths, splits.values(), strict=True):
         with open(path, "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
@@ -165,9 +245,14 @@ def main(argv=None):
     # Seeds outermost: a partial study still compares every variant on the same seeds.
     # Variant arguments after the budget: argparse keeps the last value, so a variant may override the budget.
     runs = [
-        (script, budget + variants[name] + ["--seed", str(seed)] + extra,
-         os.path.join(opts.out, opts.plan, name, f"seed{seed}"), opts.dry_run)
-        for seed in seeds for name in names
+        (
+            script,
+            budget + variants[name] + ["--seed", str(seed)] + extra,
+            os.path.join(opts.out, opts.plan, name, f"seed{seed}"),
+            opts.dry_run,
+        )
+        for seed in seeds
+        for name in names
     ]
     with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
         futures = [pool.submit(run_one, *run) for run in runs]

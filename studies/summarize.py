@@ -20,6 +20,12 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Multi-step PGD (bbc_pgd plan): accuracy under 10-step PGD maximizing cross-entropy or the logit margin.
+ATTACK_KEYS = [
+    (f"pgd_{loss}_accuracy_eps_{eps}", f"PGD-{label} @{eps}", 100)
+    for loss, label in (("ce", "CE"), ("margin", "margin"))
+    for eps in ("0.01", "0.03", "0.1")
+]
 CLASSIFICATION_KEYS = [
     ("predict_accuracy", "accuracy", 100),
     ("predict_macro_f1", "macro-F1", 100),
@@ -28,6 +34,7 @@ CLASSIFICATION_KEYS = [
     ("fgsm_accuracy_eps_0.01", "FGSM acc @0.01", 100),
     ("fgsm_accuracy_eps_0.03", "FGSM acc @0.03", 100),
     ("fgsm_accuracy_eps_0.1", "FGSM acc @0.1", 100),
+    *ATTACK_KEYS,
     ("train_runtime", "train s", 1),
     ("wall_time_s", "wall s", 1),
 ]
@@ -68,9 +75,13 @@ def mean_std(values):
 
 
 def markdown_table(plan: str, variants: dict, keys) -> tuple[str, dict]:
-    present = [(k, label, scale) for k, label, scale in keys if any(k in r for runs in variants.values() for r in runs)]
-    lines = [f"| variant | seeds | " + " | ".join(label for _, label, _ in present) + " |",
-             "|---|---|" + "---|" * len(present)]
+    present = [
+        (k, label, scale) for k, label, scale in keys if any(k in r for runs in variants.values() for r in runs)
+    ]
+    lines = [
+        "| variant | seeds | " + " | ".join(label for _, label, _ in present) + " |",
+        "|---|---|" + "---|" * len(present),
+    ]
     summary = {}
     order = ["ce", "alternating", "joint", "guided"]
     for name in sorted(variants, key=lambda v: (order.index(v) if v in order else len(order), v)):
@@ -79,15 +90,28 @@ def markdown_table(plan: str, variants: dict, keys) -> tuple[str, dict]:
         for key, _, scale in present:
             stats = mean_std([r[key] * scale for r in runs if key in r])
             summary[name][key] = stats
-            cells.append("—" if stats is None else (f"{stats[0]:.2f} ± {stats[1]:.2f}" if scale != 1 or stats[0] < 100 else f"{stats[0]:.0f} ± {stats[1]:.0f}"))
+            cells.append(
+                "—"
+                if stats is None
+                else (
+                    f"{stats[0]:.2f} ± {stats[1]:.2f}"
+                    if scale != 1 or stats[0] < 100
+                    else f"{stats[0]:.0f} ± {stats[1]:.0f}"
+                )
+            )
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines), summary
 
 
 # Paired against CE on the same seed: the metrics a reader compares first.
 PAIRED_KEYS = {
-    "classification": [("predict_accuracy", "accuracy", 100), ("fgsm_accuracy_eps_0.01", "FGSM @0.01", 100),
-                       ("fgsm_accuracy_eps_0.03", "FGSM @0.03", 100), ("fgsm_accuracy_eps_0.1", "FGSM @0.1", 100)],
+    "classification": [
+        ("predict_accuracy", "accuracy", 100),
+        ("fgsm_accuracy_eps_0.01", "FGSM @0.01", 100),
+        ("fgsm_accuracy_eps_0.03", "FGSM @0.03", 100),
+        ("fgsm_accuracy_eps_0.1", "FGSM @0.1", 100),
+        *ATTACK_KEYS,
+    ],
     "translation": [("predict_bleu", "BLEU", 1), ("predict_chrf", "chrF", 1)],
 }
 
@@ -97,14 +121,18 @@ def paired_table(variants: dict, keys) -> str:
     if "ce" not in variants:
         return ""
     baseline = {r["_dir"].rsplit("seed", 1)[1]: r for r in variants["ce"]}
+    keys = [(k, label, scale) for k, label, scale in keys if any(k in r for runs in variants.values() for r in runs)]
     lines = ["| variant vs CE | " + " | ".join(label for _, label, _ in keys) + " |", "|---|" + "---|" * len(keys)]
     for name, runs in sorted(variants.items()):
         if name == "ce":
             continue
         cells = []
         for key, _, scale in keys:
-            diffs = [(r[key] - baseline[seed][key]) * scale for r in runs
-                     if (seed := r["_dir"].rsplit("seed", 1)[1]) in baseline and key in r and key in baseline[seed]]
+            diffs = [
+                (r[key] - baseline[seed][key]) * scale
+                for r in runs
+                if (seed := r["_dir"].rsplit("seed", 1)[1]) in baseline and key in r and key in baseline[seed]
+            ]
             stats = mean_std(diffs)
             wins = sum(d > 0 for d in diffs)
             cells.append("—" if stats is None else f"{stats[0]:+.2f} ± {stats[1]:.2f} ({wins}/{len(diffs)})")
@@ -122,7 +150,7 @@ def plot_learning_curves(table: dict, out_png: str) -> None:
     if not plans:
         return
     fig, axes = plt.subplots(1, len(plans), figsize=(5 * len(plans), 3.6), squeeze=False)
-    for ax, plan in zip(axes[0], plans):
+    for ax, plan in zip(axes[0], plans, strict=True):
         for variant, runs in sorted(table[plan].items()):
             curves = []
             for r in runs:
@@ -157,7 +185,7 @@ def sorted_wrong_class_probabilities(model_dir: str, texts, labels, max_length: 
     logits = []
     with torch.no_grad():
         for i in range(0, len(texts), 64):
-            enc = tok(texts[i:i + 64], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            enc = tok(texts[i : i + 64], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
             logits.append(model(**enc).logits.float().numpy())
     result = cot_metrics.load("complement_entropy").compute(
         predictions=np.concatenate(logits), references=labels, return_sorted_probabilities=True
@@ -190,8 +218,12 @@ def plot_wrong_class_probabilities(table: dict, runs_dir: str, out_dir: str) -> 
 
     all_curves = {}
     for plan in ("bbc", "books_full"):
-        dirs = {variant: r["_dir"] for variant, runs in sorted(table.get(plan, {}).items()) for r in runs
-                if r["_dir"].endswith("seed0") and os.path.isfile(os.path.join(r["_dir"], "config.json"))}
+        dirs = {
+            variant: r["_dir"]
+            for variant, runs in sorted(table.get(plan, {}).items())
+            for r in runs
+            if r["_dir"].endswith("seed0") and os.path.isfile(os.path.join(r["_dir"], "config.json"))
+        }
         if not dirs:
             continue
         texts, labels, title = _test_set(plan, runs_dir)
@@ -205,8 +237,10 @@ def plot_wrong_class_probabilities(table: dict, runs_dir: str, out_dir: str) -> 
         ax.set_title(f"{title}, seed 0", fontsize=9)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "wrong_class_probabilities" + ("" if plan == "bbc" else f"_{plan}") + ".png"),
-                    dpi=120)
+        fig.savefig(
+            os.path.join(out_dir, "wrong_class_probabilities" + ("" if plan == "bbc" else f"_{plan}") + ".png"),
+            dpi=120,
+        )
         all_curves[plan] = curves
     return all_curves
 
@@ -222,9 +256,14 @@ def main(argv=None):
     sections, summary = [], {}
     for plan in sorted(table):
         kind = "translation" if plan == "translation" else "classification"
-        text, summary[plan] = markdown_table(plan, table[plan], TRANSLATION_KEYS if kind == "translation" else CLASSIFICATION_KEYS)
+        text, summary[plan] = markdown_table(
+            plan, table[plan], TRANSLATION_KEYS if kind == "translation" else CLASSIFICATION_KEYS
+        )
         paired = paired_table(table[plan], PAIRED_KEYS[kind])
-        sections.append(f"### {plan}\n\n{text}\n" + (f"\nPaired differences (seeds where the variant is ahead):\n\n{paired}\n" if paired else ""))
+        sections.append(
+            f"### {plan}\n\n{text}\n"
+            + (f"\nPaired differences (seeds where the variant is ahead):\n\n{paired}\n" if paired else "")
+        )
     with open(os.path.join(opts.out, "results.md"), "w") as f:
         f.write("\n".join(sections))
     plot_learning_curves(table, os.path.join(opts.out, "learning_curves.png"))

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import classification_data, seq2seq_data, tiny_bert, tiny_marian
 from hf_cot import COTSeq2SeqTrainer, COTSeq2SeqTrainingArguments, COTTrainer, COTTrainingArguments
 from hf_cot.trainer import _ComplementStepCallback
+from testing_utils import classification_data, seq2seq_data, tiny_bert, tiny_marian
 
 BACKENDS = {"DeepSpeed": "is_deepspeed_enabled", "FSDP": "is_fsdp_enabled"}
 
@@ -58,7 +58,7 @@ def test_single_loss_modes_construct(out_dir, backend, mode):
     assert getattr(trainer, BACKENDS[backend]) is True and trainer.cot_mode == mode
     # No second optimizer and no complement callback anywhere in these modes.
     assert not any(isinstance(cb, _ComplementStepCallback) for cb in trainer.callback_handler.callbacks)
-    assert trainer._complement_optimizer is None
+    assert trainer.complement_optimizer is None
 
 
 def test_alternating_constructs_without_backend(out_dir):

@@ -17,7 +17,10 @@ def test_defaults(out_dir):
     assert args.guided_alpha == pytest.approx(1 / 3)
     assert args.complement_learning_rate is None
     assert args.effective_complement_learning_rate == args.learning_rate
-    assert COTTrainingArguments(output_dir=out_dir, complement_learning_rate=0.5).effective_complement_learning_rate == 0.5
+    assert (
+        COTTrainingArguments(output_dir=out_dir, complement_learning_rate=0.5).effective_complement_learning_rate
+        == 0.5
+    )
 
 
 @pytest.mark.parametrize(
@@ -42,9 +45,19 @@ def test_parse_from_command_line(out_dir):
     parser = HfArgumentParser(COTSeq2SeqTrainingArguments)
     (args,) = parser.parse_args_into_dataclasses(
         [
-            "--output_dir", out_dir, "--cot_mode", "joint", "--complement_weight", "0.5",
-            "--complement_normalization", "paper", "--complement_every", "3",
-            "--complement_learning_rate", "0.01", "--predict_with_generate",
+            "--output_dir",
+            out_dir,
+            "--cot_mode",
+            "joint",
+            "--complement_weight",
+            "0.5",
+            "--complement_normalization",
+            "paper",
+            "--complement_every",
+            "3",
+            "--complement_learning_rate",
+            "0.01",
+            "--predict_with_generate",
         ]
     )
     assert isinstance(args, Seq2SeqTrainingArguments)
@@ -61,11 +74,20 @@ def test_parse_from_json(tmp_path, out_dir):
 
 def test_cli_rejects_unknown_mode(out_dir):
     with pytest.raises(SystemExit):  # argparse `choices`
-        HfArgumentParser(COTTrainingArguments).parse_args_into_dataclasses(["--output_dir", out_dir, "--cot_mode", "x"])
+        HfArgumentParser(COTTrainingArguments).parse_args_into_dataclasses(
+            ["--output_dir", out_dir, "--cot_mode", "x"]
+        )
 
 
 def test_help_documents_every_field():
     parser = HfArgumentParser(COTTrainingArguments)
     text = parser.format_help()
-    for name in ("cot_mode", "complement_learning_rate", "complement_weight", "guided_alpha", "complement_normalization", "complement_every"):
+    for name in (
+        "cot_mode",
+        "complement_learning_rate",
+        "complement_weight",
+        "guided_alpha",
+        "complement_normalization",
+        "complement_every",
+    ):
         assert f"--{name}" in text

@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_bert, tiny_marian
+from testing_utils import tiny_bert, tiny_marian
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 from cot_ddp import PARENT_RESUMES_MULTI_CPU  # noqa: E402
@@ -120,7 +120,7 @@ def test_ranks_agree_and_match_single_process(runs, config):
     ref_steps = _json(single / config / "batches_rank0.json")
     r0, r1 = (_json(multi / config / f"batches_rank{r}.json") for r in (0, 1))
     assert len(ref_steps) == len(r0) == len(r1) > 0
-    for s, (a, b) in enumerate(zip(r0, r1)):
+    for s, (a, b) in enumerate(zip(r0, r1, strict=True)):
         assert not set(a) & set(b), f"step {s}: ranks share rows"
         assert sorted(a + b) == ref_steps[s], f"step {s}: the ranks' rows differ from the single-process batch"
 
@@ -135,7 +135,7 @@ def test_ranks_agree_and_match_single_process(runs, config):
     ref_logs = [e for e in _json(single / config / "logs_rank0.json") if "loss" in e]
     logs = [e for e in _json(multi / config / "logs_rank0.json") if "loss" in e]
     assert len(logs) == len(ref_logs) > 0
-    for got, want in zip(logs, ref_logs):
+    for got, want in zip(logs, ref_logs, strict=True):
         for key in ("loss", "complement_entropy", "complement_loss"):
             assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), (key, got, want)
     # Evaluation: the complement entropy is a global mean over valid labels with the rows that pad the last batch

@@ -146,7 +146,8 @@ def card_tags(out) -> list[str]:
 def test_classification_smoke_json(tiny_bert_dir, data_dir, tmp_path):
     out = tmp_path / "out"
     script = load_script(CLASSIFICATION)
-    results = script.main(classification_args(tiny_bert_dir, data_dir, out) + ["--fgsm_epsilons", "0.01,0.1"])
+    attacks = ["--fgsm_epsilons", "0.01,0.1", "--pgd_epsilons", "0.01,0.1", "--pgd_steps", "2"]
+    results = script.main(classification_args(tiny_bert_dir, data_dir, out) + attacks)
     saved = json.loads((out / "all_results.json").read_text())
     assert results == saved
     for split in ("eval", "predict"):
@@ -157,6 +158,9 @@ def test_classification_smoke_json(tiny_bert_dir, data_dir, tmp_path):
         assert 0.0 < saved[f"{split}_complement_entropy"] <= 1.0987
     assert {"fgsm_accuracy_eps_0.01", "fgsm_accuracy_eps_0.1", "train_loss"} <= set(saved)
     assert all(0.0 <= saved[f"fgsm_accuracy_eps_{e}"] <= 1.0 for e in ("0.01", "0.1"))
+    assert saved["pgd_steps"] == 2
+    for key in (f"pgd_{loss}_accuracy_eps_{e}" for loss in ("ce", "margin") for e in ("0.01", "0.1")):
+        assert 0.0 <= saved[key] <= saved["predict_accuracy"], key  # PGD never beats the clean accuracy
     assert set(COT_TAGS) <= set(card_tags(out))
     assert "chen2019complement" in model_card(out)
     config = json.loads((out / "config.json").read_text())
@@ -253,7 +257,9 @@ def test_translation_labels_drop_the_decoder_start_token(tiny_bert_dir, data_dir
 
 
 def _swap_imports(tree, path) -> list[ast.ImportFrom]:
-    return [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and {a.name for a in n.names} & set(SWAPS[path])]
+    return [
+        n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and {a.name for a in n.names} & set(SWAPS[path])
+    ]
 
 
 def _code_names(tree) -> list[str]:
@@ -276,8 +282,8 @@ def test_script_is_a_two_name_swap_of_the_plain_hf_script(path):
                   "complement_normalization", "complement_every"}  # fmt: skip
     assert not attributes & cot_fields
     plain = plain_version(path)
-    changed = [l for l in difflib.unified_diff(source.splitlines(), plain.splitlines(), lineterm="", n=0)
-               if l[:1] in "+-" and not l.startswith(("+++", "---"))]  # fmt: skip
+    changed = [line for line in difflib.unified_diff(source.splitlines(), plain.splitlines(), lineterm="", n=0)
+               if line[:1] in "+-" and not line.startswith(("+++", "---"))]  # fmt: skip
     assert len(changed) == 6, changed  # 3 lines out, 3 lines in: the import, the parser tuple, the trainer
 
 
@@ -347,7 +353,7 @@ def test_scripts_run_unchanged_under_accelerate_launch(path, tiny_bert_dir, data
         assert len((out / "generated_predictions.txt").read_text().splitlines()) == 12
         # BLEU's reference length counts each of the 12 test references once
         tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(tiny_bert_dir)
-        refs = [json.loads(l)["translation"]["yy"] for l in (data_dir / "mt_test.json").read_text().splitlines()]
+        refs = [json.loads(line)["translation"]["yy"] for line in (data_dir / "mt_test.json").read_text().splitlines()]
         ids = [tokenizer(r, max_length=12, truncation=True).input_ids for r in refs]
         decoded = [tokenizer.decode(i, skip_special_tokens=True) for i in ids]
         assert saved["predict_bleu_ref_len"] == sum(len(d.split()) for d in decoded)

@@ -69,8 +69,10 @@ def test_parse_chapter_cleans_markup_and_keeps_a_heading_once():
 
 
 def test_parse_chapter_plain_format_continuation_lines():
-    plain = "  Psalms 3:1: Yahweh, how my adversaries have increased!\nMany are those who rise up against me. \n" \
-            "  Psalms 3:2: Many there are who say <H0559> of my soul,\n(engWEB2015eb)\n"
+    plain = (
+        "  Psalms 3:1: Yahweh, how my adversaries have increased!\nMany are those who rise up against me. \n"
+        "  Psalms 3:2: Many there are who say <H0559> of my soul,\n(engWEB2015eb)\n"
+    )
     assert bible.parse_chapter(plain, chapter=3) == {
         1: "Yahweh, how my adversaries have increased! Many are those who rise up against me.",
         2: "Many there are who say of my soul,",
@@ -78,8 +80,10 @@ def test_parse_chapter_plain_format_continuation_lines():
 
 
 def test_clean_markup_drops_the_appended_glossary():
-    verse = ('<w>The</w> <w>grace</w> be with all the saints. Amen. <chapter eID="Rev.22"/>'
-             '<div sID="gen1" type="glossary"/> <div sID="gen2" type="introduction"/> The following words ...')
+    verse = (
+        '<w>The</w> <w>grace</w> be with all the saints. Amen. <chapter eID="Rev.22"/>'
+        '<div sID="gen1" type="glossary"/> <div sID="gen2" type="introduction"/> The following words ...'
+    )
     assert bible.clean_markup(verse) == "The grace be with all the saints. Amen."
 
 
@@ -100,7 +104,10 @@ def test_fix_drop_cap(text, expected):
 
 def test_strip_subscription():
     verse = "Gracia sea con todos los que aman á nuestro Señor Jesucristo en sinceridad. Amén. Escrita de Roma á los Efesios por Tichîco."
-    assert bible.strip_subscription(verse) == "Gracia sea con todos los que aman á nuestro Señor Jesucristo en sinceridad. Amén."
+    assert (
+        bible.strip_subscription(verse)
+        == "Gracia sea con todos los que aman á nuestro Señor Jesucristo en sinceridad. Amén."
+    )
     assert bible.strip_subscription("Sea con vosotros. Amén.") == "Sea con vosotros. Amén."
 
 
@@ -115,7 +122,11 @@ def test_align_verses_drops_missing_empty_and_mismatched_verses():
     records = bible.align_verses("Ps", "Psalms", 3, es, en, stats)
     assert [r["id"] for r in records] == ["Ps.3.1", "Ps.3.3"]
     assert records[0] == {
-        "id": "Ps.3.1", "book": "Psalms", "chapter": 3, "verse": 1, "split": "train",
+        "id": "Ps.3.1",
+        "book": "Psalms",
+        "chapter": 3,
+        "verse": 1,
+        "split": "train",
         "translation": {"es": es[1], "en": en[1]},
     }
     assert stats == Counter(aligned=2, only_en=1, empty=1, length_ratio=1)
@@ -142,8 +153,14 @@ def test_versification_offsets_find_a_shifted_chapter():
 
 
 def test_learn_associations_and_lexical_match():
-    pairs = [("el agua corre", "the water runs"), ("agua y pan", "water and bread"), ("el pan", "the bread"),
-             ("el rey bebe agua", "the king drinks water"), ("el rey", "the king"), ("pan del rey", "bread of the king")]
+    pairs = [
+        ("el agua corre", "the water runs"),
+        ("agua y pan", "water and bread"),
+        ("el pan", "the bread"),
+        ("el rey bebe agua", "the king drinks water"),
+        ("el rey", "the king"),
+        ("pan del rey", "bread of the king"),
+    ]
     associations = bible.learn_associations(pairs, min_count=2, min_dice=0.5, max_doc_fraction=0.6)
     assert associations["water"] == {"agua"}
     assert associations["bread"] == {"pan"}

@@ -328,6 +328,7 @@ def test_degenerate_rows_are_finite():
         [[1.0, -INF, -INF], [-INF, -INF, -INF], [-INF, 2.0, -INF], [0.5, -INF, 0.0]], requires_grad=True
     )
     labels = torch.tensor([0, 1, 0, 1])
+
     def gce_alpha_0(z, y, **kwargs):
         return guided_complement_entropy(z, y, alpha=0, **kwargs)
 

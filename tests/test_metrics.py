@@ -13,8 +13,8 @@ evaluate = pytest.importorskip("evaluate")
 sacrebleu = pytest.importorskip("sacrebleu")
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
-from hf_cot import metrics
-from hf_cot.metrics.__main__ import main as cli_main
+from hf_cot import metrics  # noqa: E402
+from hf_cot.metrics.__main__ import main as cli_main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +41,23 @@ def test_available_and_unknown_name():
 def test_lazy_import_and_offline_load_from_an_empty_modules_cache(tmp_path):
     # One subprocess for both checks (importing torch/transformers dominates its cost): `import hf_cot` must not
     # import evaluate, and loading by path must work offline with nothing cached.
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_EVALUATE_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HOME=str(tmp_path / "hf"))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_EVALUATE_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        HF_MODULES_CACHE=str(tmp_path / "modules"),
+        HF_HOME=str(tmp_path / "hf"),
+    )
     code = (
         "import sys, hf_cot, hf_cot.metrics\n"
         "assert 'evaluate' not in sys.modules, 'import hf_cot imported evaluate'\n"
         "from hf_cot import metrics\n"
         "print(metrics.load('classification_metrics').compute(predictions=[1, 0], references=[1, 1])['accuracy'])"
     )
-    out = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "0.5"
     assert any((tmp_path / "modules").rglob("classification_metrics.py"))
@@ -99,7 +106,9 @@ def test_bleu_and_chrf_equal_sacrebleu(translation):
 
 def test_several_references_per_prediction(translation):
     second = ["Grace be with you all.", "In the beginning God created heaven and earth.", "Jesus cried."]
-    result = translation.compute(predictions=HYPOTHESES, references=[list(r) for r in zip(REFERENCES, second)])
+    result = translation.compute(
+        predictions=HYPOTHESES, references=[list(r) for r in zip(REFERENCES, second, strict=True)]
+    )
     assert result["bleu"] == pytest.approx(sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES, second]).score)
     assert result["chrf"] == pytest.approx(sacrebleu.corpus_chrf(HYPOTHESES, [REFERENCES, second]).score)
 
@@ -147,8 +156,15 @@ def test_cli_path_is_metric_path_and_loads_offline(tmp_path):
     # The real entry point, as a shell substitution runs it, offline; then the printed path goes through the exact
     # call upstream run_classification.py makes with --metric_name (evaluate.load(name, cache_dir=...)).
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_EVALUATE_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    out = subprocess.run([sys.executable, "-m", "hf_cot.metrics", "path", "classification_metrics"], check=False,
-                         env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-m", "hf_cot.metrics", "path", "classification_metrics"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     printed = out.stdout.strip()
     assert printed == metrics.metric_path("classification_metrics")
@@ -206,10 +222,18 @@ def test_list_of_lists_references_score_is_sacrebleu_corpus_bleu(translation):
 
 def test_sacrebleu_module_keyword_arguments_pass_through(translation):
     references = [[ref] for ref in REFERENCES]
-    for kwargs in ({"tokenize": "char"}, {"lowercase": True}, {"smooth_method": "floor", "smooth_value": 0.2},
-                   {"smooth_method": "none"}, {"use_effective_order": True}, {"force": True}):
+    for kwargs in (
+        {"tokenize": "char"},
+        {"lowercase": True},
+        {"smooth_method": "floor", "smooth_value": 0.2},
+        {"smooth_method": "none"},
+        {"use_effective_order": True},
+        {"force": True},
+    ):
         result = translation.compute(predictions=HYPOTHESES, references=references, **kwargs)
-        assert result["score"] == pytest.approx(sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES], **kwargs).score), kwargs
+        assert result["score"] == pytest.approx(sacrebleu.corpus_bleu(HYPOTHESES, [REFERENCES], **kwargs).score), (
+            kwargs
+        )
 
 
 def test_different_numbers_of_references_per_prediction(translation):
@@ -221,8 +245,11 @@ def test_different_numbers_of_references_per_prediction(translation):
         ["Jesus wept.", "Jesus cried.", "Jesus shed tears."],
     ]
     streams = [
-        ["The grace of the Lord Jesus Christ be with all the saints.",
-         "In the beginning, God created the heavens and the earth.", "Jesus wept."],
+        [
+            "The grace of the Lord Jesus Christ be with all the saints.",
+            "In the beginning, God created the heavens and the earth.",
+            "Jesus wept.",
+        ],
         ["Grace be with you all.", None, "Jesus cried."],
         [None, None, "Jesus shed tears."],
     ]
@@ -259,8 +286,9 @@ def test_average_names_the_f1_key(classification):
     for average in ("macro", "micro", "weighted"):
         result = classification.compute(predictions=predictions, references=references, average=average)
         assert set(result) == {"accuracy", f"{average}_f1"}
-        assert result[f"{average}_f1"] == pytest.approx(sklearn_metrics.f1_score(references, predictions,
-                                                                                   average=average))
+        assert result[f"{average}_f1"] == pytest.approx(
+            sklearn_metrics.f1_score(references, predictions, average=average)
+        )
     with pytest.raises(ValueError, match="average='binary' is not supported; use one of"):
         classification.compute(predictions=predictions, references=references, average="binary")
 
@@ -274,8 +302,7 @@ def test_multilabel_by_hand(tmp_path):
     multilabel = metrics.load("classification_metrics", config_name="multilabel", cache_dir=str(tmp_path))
     # Rows: [1,0,1] vs [1,0,0] wrong (one false positive), [0,1,0] vs [0,1,0] right -> subset accuracy 1/2.
     # Micro counts over all cells: TP 2, FP 1, FN 0 -> P 2/3, R 1, F1 4/5.
-    result = multilabel.compute(predictions=[[1, 0, 1], [0, 1, 0]], references=[[1, 0, 0], [0, 1, 0]],
-                                average="micro")
+    result = multilabel.compute(predictions=[[1, 0, 1], [0, 1, 0]], references=[[1, 0, 0], [0, 1, 0]], average="micro")
     assert result == pytest.approx({"accuracy": 0.5, "micro_f1": 0.8})
 
 

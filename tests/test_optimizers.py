@@ -10,10 +10,10 @@ import os
 
 import pytest
 import torch
-from testing_utils import classification_data, tiny_bert
 from transformers import Trainer, TrainingArguments
 
 from hf_cot import COTTrainer, COTTrainingArguments
+from testing_utils import classification_data, tiny_bert
 
 # Trains in alternating mode and resumes exactly.
 SUPPORTED = [
@@ -88,6 +88,24 @@ def test_their_checkpoints_do_not_load_in_the_plain_trainer_either(optim, tmp_pa
     with pytest.raises(Exception, match="[Ww]eights only load failed"):
         trainer = Trainer(model=tiny_bert(), args=args, train_dataset=classification_data(n=16))
         trainer.train(resume_from_checkpoint=os.path.join(str(tmp_path), "checkpoint-1"))
+
+
+def test_bitsandbytes_copies_keep_8_bit_paged_state():
+    """bitsandbytes keeps optim_bits / min_8bit_size / is_paged on the instance, not in `defaults`: the copy must
+    have them too, or the complement optimizer silently holds 32-bit state (4x the memory)."""
+    import bitsandbytes as bnb
+
+    from hf_cot.complement_step import copy_optimizer
+
+    layer = torch.nn.Linear(64, 32)
+    primary = bnb.optim.AdamW(layer.parameters(), lr=1e-3, optim_bits=8, min_8bit_size=16, is_paged=True)
+    copy = copy_optimizer(primary, 0.5)
+    layer(torch.randn(2, 64)).sum().backward()
+    primary.step()
+    copy.step()
+    assert copy.is_paged and copy.args.optim_bits == 8 and copy.param_groups[0]["lr"] == 0.5e-3
+    assert primary.state[layer.weight]["state1"].dtype == torch.uint8
+    assert copy.state[layer.weight]["state1"].dtype == torch.uint8
 
 
 def test_grokadamw_resumes_inexactly_in_the_plain_trainer_too(tmp_path):

@@ -11,12 +11,14 @@ import torch
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model  # noqa: E402
 
-from conftest import classification_data, tiny_bert  # noqa: E402
 from hf_cot import COTTrainer, COTTrainingArguments  # noqa: E402
+from testing_utils import classification_data, tiny_bert  # noqa: E402
 
 
 def _lora_model():
-    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["query", "value"])
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["query", "value"]
+    )
     return get_peft_model(tiny_bert(num_labels=5, seed=0), config)
 
 
@@ -48,13 +50,13 @@ def test_lora_alternating(out_dir):
     trainer.train()
 
     # The complement optimizer holds exactly the trainable parameters (by identity), like the primary one.
-    complement = [p for g in trainer._complement_optimizer.param_groups for p in g["params"]]
+    complement = [p for g in trainer.complement_optimizer.param_groups for p in g["params"]]
     primary = [p for g in trainer.optimizer.param_groups for p in g["params"]]
     assert len(complement) == len({id(p) for p in complement})
     assert {id(p) for p in complement} == {id(p) for p in trainable.values()} == {id(p) for p in primary}
     # ... and it really stepped them: Adam moments exist for every trainable parameter.
     assert trainer.complement_steps == 4
-    state = trainer._complement_optimizer.state
+    state = trainer.complement_optimizer.state
     assert all(p in state and state[p]["exp_avg"].abs().sum() > 0 for p in trainable.values())
 
     # The frozen base did not move (not by the CE step, not by the complement step); the adapter did.

@@ -33,8 +33,9 @@ import math
 
 import pytest
 import torch
+from accelerate.utils import AutocastKwargs
+from transformers import TrainerCallback
 
-from conftest import classification_data, seq2seq_data, tiny_bert, tiny_marian
 from hf_cot import (
     COTSeq2SeqTrainer,
     COTSeq2SeqTrainingArguments,
@@ -42,8 +43,7 @@ from hf_cot import (
     COTTrainingArguments,
     complement_objective,
 )
-from accelerate.utils import AutocastKwargs
-from transformers import TrainerCallback
+from testing_utils import classification_data, seq2seq_data, tiny_bert, tiny_marian
 
 INIT_SCALE = 2.0**10
 
@@ -205,7 +205,9 @@ def test_fp16_scaler_no_double_unscale(tmp_path, scaled, clip):
 
     # (i-b) The complement update applied is -lr * (unscaled, clipped complement gradient), parameter by parameter.
     assert trainer.complement_steps == 1 and probe.after_complement is not None
-    total_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in probe.manual_grad.values()]))
+    total_norm = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g) for g in probe.manual_grad.values()])
+    )
     coef = min(1.0, max_norm / (total_norm.item() + 1e-6))
     if clip:
         assert coef < 0.5  # clipping really is active
@@ -235,7 +237,7 @@ def test_fp16_scaler_run_matches_fp32_run(tmp_path):
         runs.append(trainer)
     fp32, scaled = runs
     assert _grad_norms(scaled) == pytest.approx(_grad_norms(fp32), rel=1e-5)
-    for (n, p), q in zip(fp32.model.named_parameters(), scaled.model.parameters()):
+    for (n, p), q in zip(fp32.model.named_parameters(), scaled.model.parameters(), strict=True):
         torch.testing.assert_close(q, p, rtol=0, atol=1e-6, msg=n)
     assert scaled.complement_steps == fp32.complement_steps == 3
 
@@ -282,7 +284,7 @@ def test_overflowing_complement_step_is_skipped(out_dir, scaled):
     assert all(torch.isfinite(p).all() for p in model.parameters())
     # Counted as skipped; the complement schedule advanced for the 3 applied steps only (the primary one for all 4).
     assert trainer.complement_skipped_steps == 1 and trainer.complement_steps == 3
-    assert trainer._complement_scheduler.last_epoch == 3
+    assert trainer.complement_lr_scheduler.last_epoch == 3
     assert trainer.lr_scheduler.last_epoch == 4
     logged = [e["complement_skipped_steps"] for e in trainer.state.log_history if "complement_skipped_steps" in e]
     assert logged == [0, 1, 1, 1]
@@ -299,9 +301,7 @@ def test_fp16_autocast_with_scaler_on_cpu(out_dir):
     model = tiny_bert()
     probe = _DtypeProbe(model.classifier)
     data = classification_data(n=24, seed=2)
-    trainer = _with_scaler(
-        COTTrainer(model=model, args=_args(out_dir, fp16=True), train_dataset=data), autocast=True
-    )
+    trainer = _with_scaler(COTTrainer(model=model, args=_args(out_dir, fp16=True), train_dataset=data), autocast=True)
     trainer.train()
     assert probe.dtypes == {torch.float16}
     reference = COTTrainer(model=tiny_bert(), args=_args(out_dir + "-fp32"), train_dataset=data)

@@ -11,19 +11,35 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import causal_lm_data, classification_data, seq2seq_data, tiny_bert, tiny_llama, tiny_marian
 from datasets import Dataset
-from test_trainer import batch_of, naive_entropy
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
 
 from hf_cot import COTSeq2SeqTrainer, COTSeq2SeqTrainingArguments, COTTrainer, COTTrainingArguments
+from testing_utils import (
+    batch_of,
+    causal_lm_data,
+    classification_data,
+    naive_entropy,
+    seq2seq_data,
+    tiny_bert,
+    tiny_llama,
+    tiny_marian,
+)
 
 MODES = ["off", "joint", "guided", "alternating"]
 COMMON = dict(
-    report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, seed=5, data_seed=5, max_steps=3,
-    logging_steps=1, per_device_eval_batch_size=5,
+    report_to=[],
+    use_cpu=True,
+    save_strategy="no",
+    disable_tqdm=True,
+    seed=5,
+    data_seed=5,
+    max_steps=3,
+    logging_steps=1,
+    per_device_eval_batch_size=5,
     # lr 0: the weights never move, so every step's loss is comparable between the runs (and dropout is 0).
-    optim="sgd", learning_rate=0.0,
+    optim="sgd",
+    learning_rate=0.0,
 )
 
 
@@ -44,7 +60,9 @@ def _pair(kind, mode, out_dir, **kw):
         plain_args_cls, cot_args_cls = TrainingArguments, COTTrainingArguments
     plain_kw = {**COMMON, **kw.pop("plain", {}), **kw}
     cot_kw = {**COMMON, **kw.pop("cot", {}), **kw}
-    plain = plain_cls(model=model(), args=plain_args_cls(output_dir=out_dir + "/plain", **plain_kw), train_dataset=data)
+    plain = plain_cls(
+        model=model(), args=plain_args_cls(output_dir=out_dir + "/plain", **plain_kw), train_dataset=data
+    )
     cot = cot_cls(
         model=model(), args=cot_args_cls(output_dir=out_dir + "/cot", cot_mode=mode, **cot_kw), train_dataset=data
     )
@@ -114,7 +132,12 @@ def test_training_step_reports_ce_but_follows_the_objectives_gradient(mode, norm
     reference = copy.deepcopy(model).double()
     K, weight, alpha = 5, 0.7, 0.25
     args = COTTrainingArguments(
-        output_dir=out_dir, report_to=[], use_cpu=True, cot_mode=mode, complement_weight=weight, guided_alpha=alpha,
+        output_dir=out_dir,
+        report_to=[],
+        use_cpu=True,
+        cot_mode=mode,
+        complement_weight=weight,
+        guided_alpha=alpha,
         complement_normalization=norm,
     )
     trainer = COTTrainer(model=model, args=args)
@@ -124,7 +147,7 @@ def test_training_step_reports_ce_but_follows_the_objectives_gradient(mode, norm
     scale = math.log(K - 1) if norm == "log" else K - 1
     _objective(mode, logits, batch["labels"], weight, alpha, scale).backward()
     assert reported.item() == pytest.approx(F.cross_entropy(logits.detach(), batch["labels"]).item(), abs=1e-6)
-    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
         assert torch.allclose(p.grad.double(), q.grad, atol=1e-6, rtol=1e-4), name
 
 
@@ -140,11 +163,11 @@ def _naive_mean_entropy(model, rows, shift=False):
                 logits, labels = logits[:-1], labels[1:]
             if labels.dim() == 0:
                 logits, labels = logits[None], labels[None]
-            for z, gold in zip(logits, labels.tolist()):
+            for z, gold in zip(logits, labels.tolist(), strict=True):
                 if gold == -100:
                     continue
                 p = torch.softmax(z, -1)
-                q = torch.cat([p[:gold], p[gold + 1:]]) / (1 - p[gold])
+                q = torch.cat([p[:gold], p[gold + 1 :]]) / (1 - p[gold])
                 values.append(float(-(q * q.log()).sum()))
     return sum(values) / len(values)
 
@@ -173,7 +196,7 @@ def test_predict_with_generate_reads_the_loss_pass_logits(out_dir):
     counts = []
     for trainer in (plain, cot):
         calls = []
-        handle = trainer.model.register_forward_hook(lambda *a: calls.append(1))
+        handle = trainer.model.register_forward_hook(lambda *a, calls=calls: calls.append(1))
         trainer.evaluate(rows)
         handle.remove()
         counts.append(len(calls))

@@ -8,7 +8,6 @@ import pytest
 import sacrebleu
 import sentencepiece as spm
 import torch
-from conftest import seq2seq_data, tiny_marian
 from datasets import Dataset
 from transformers import (
     DataCollatorForSeq2Seq,
@@ -20,6 +19,7 @@ from transformers import (
 )
 
 from hf_cot import COTSeq2SeqTrainer, COTSeq2SeqTrainingArguments, evaluate_complement_entropy
+from testing_utils import seq2seq_data, tiny_marian
 
 EN = "the a cat dog house red blue green runs sleeps big small river tree sun moon".split()
 ES = "el la gato perro casa rojo azul verde corre duerme grande chico rio arbol sol luna".split()
@@ -41,21 +41,42 @@ def sp_tokenizer(parallel_corpus, tmp_path_factory):
     d = tmp_path_factory.mktemp("spm")
     (d / "corpus.txt").write_text("\n".join(p["en"] + "\n" + p["es"] for p in parallel_corpus))
     spm.SentencePieceTrainer.train(
-        input=str(d / "corpus.txt"), model_prefix=str(d / "sp"), vocab_size=48, model_type="unigram",
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
+        input=str(d / "corpus.txt"),
+        model_prefix=str(d / "sp"),
+        vocab_size=48,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        minloglevel=2,
     )
     sp = spm.SentencePieceProcessor(model_file=str(d / "sp.model"))
     (d / "vocab.json").write_text(json.dumps({sp.id_to_piece(i): i for i in range(sp.get_piece_size())}))
     return MarianTokenizer(
-        source_spm=str(d / "sp.model"), target_spm=str(d / "sp.model"), vocab=str(d / "vocab.json"),
-        pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+        source_spm=str(d / "sp.model"),
+        target_spm=str(d / "sp.model"),
+        vocab=str(d / "vocab.json"),
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
     )
 
 
 def seq2seq_args(out_dir, **kw):
     base = dict(
-        output_dir=out_dir, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True, seed=3, data_seed=3,
-        per_device_train_batch_size=16, per_device_eval_batch_size=16, max_steps=6, logging_steps=3, learning_rate=3e-3,
+        output_dir=out_dir,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=3,
+        data_seed=3,
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=16,
+        max_steps=6,
+        logging_steps=3,
+        learning_rate=3e-3,
         cot_mode="alternating",
     )
     base.update(kw)
@@ -107,18 +128,22 @@ def test_complement_forward_reuses_the_decoder_inputs(sp_tokenizer, parallel_cor
     seen = []
     model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["decoder_input_ids"].clone()), with_kwargs=True)
     ds = Dataset.from_list(parallel_corpus[:64]).map(
-        lambda b: tok(b["es"], text_target=b["en"], max_length=24, truncation=True), batched=True, remove_columns=["en", "es"]
+        lambda b: tok(b["es"], text_target=b["en"], max_length=24, truncation=True),
+        batched=True,
+        remove_columns=["en", "es"],
     )
     trainer = COTSeq2SeqTrainer(
-        model=model, args=seq2seq_args(out_dir, max_steps=3, per_device_train_batch_size=8, gradient_accumulation_steps=2),
-        train_dataset=ds, data_collator=DataCollatorForSeq2Seq(tok, model=model),
+        model=model,
+        args=seq2seq_args(out_dir, max_steps=3, per_device_train_batch_size=8, gradient_accumulation_steps=2),
+        train_dataset=ds,
+        data_collator=DataCollatorForSeq2Seq(tok, model=model),
     )
     trainer.train()
     # Per optimizer step: 2 CE forwards (GA 2), then 2 complement forwards over the same micro-batches.
     assert len(seen) == 3 * 4
     for step in range(3):
-        ce, comp = seen[4 * step: 4 * step + 2], seen[4 * step + 2: 4 * step + 4]
-        for a, b in zip(ce, comp):
+        ce, comp = seen[4 * step : 4 * step + 2], seen[4 * step + 2 : 4 * step + 4]
+        for a, b in zip(ce, comp, strict=True):
             assert torch.equal(a, b)
 
 
@@ -130,8 +155,18 @@ def test_decoder_inputs_built_from_labels_match_the_models_own(arch, out_dir):
     else:
         torch.manual_seed(0)
         model = T5ForConditionalGeneration(
-            T5Config(vocab_size=61, d_model=32, d_kv=8, d_ff=37, num_layers=1, num_heads=2, dropout_rate=0.0,
-                     pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+            T5Config(
+                vocab_size=61,
+                d_model=32,
+                d_kv=8,
+                d_ff=37,
+                num_layers=1,
+                num_heads=2,
+                dropout_rate=0.0,
+                pad_token_id=0,
+                eos_token_id=1,
+                decoder_start_token_id=0,
+            )
         )
     model.eval()
     rows = seq2seq_data(n=6)
@@ -165,13 +200,16 @@ def test_evaluate_complement_entropy_matches_a_naive_token_average(cot_mode, out
     entropies = []
     with torch.no_grad():
         for row in rows:
-            out = model(input_ids=row["input_ids"][None], attention_mask=row["attention_mask"][None],
-                        labels=row["labels"][None])  # the model's own shift of labels into decoder inputs
-            for logits, gold in zip(out.logits[0].double(), row["labels"].tolist()):
+            out = model(
+                input_ids=row["input_ids"][None],
+                attention_mask=row["attention_mask"][None],
+                labels=row["labels"][None],
+            )  # the model's own shift of labels into decoder inputs
+            for logits, gold in zip(out.logits[0].double(), row["labels"].tolist(), strict=True):
                 if gold == -100:
                     continue
                 p = torch.softmax(logits, -1)
-                q = torch.cat([p[:gold], p[gold + 1:]]) / (1 - p[gold])
+                q = torch.cat([p[:gold], p[gold + 1 :]]) / (1 - p[gold])
                 entropies.append(float(-(q * q.log()).sum()))
     expected = sum(entropies) / len(entropies)
     vocab = model.config.vocab_size

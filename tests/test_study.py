@@ -6,6 +6,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+
 from test_examples import tiny_bert_dir  # noqa: F401  (the fixture)
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
@@ -22,10 +23,24 @@ def _load(name):
 def test_runner_resumes_and_the_summary_matches_the_run_files(tiny_bert_dir, tmp_path, capsys):  # noqa: F811
     run_study, summarize = _load("run_study"), _load("summarize")
     runs = tmp_path / "runs"
-    extra = (f"--model_name_or_path {tiny_bert_dir} --max_steps 2 --max_train_samples 32 --max_eval_samples 8 "
-             "--max_predict_samples 24 --fgsm_epsilons 0.01 --use_cpu")
-    argv = ["--plan", "books", "--seeds", "0,1", "--variants", "ce,joint", "--jobs", "2", "--out", str(runs),
-            "--extra", extra]
+    extra = (
+        f"--model_name_or_path {tiny_bert_dir} --max_steps 2 --max_train_samples 32 --max_eval_samples 8 "
+        "--max_predict_samples 24 --fgsm_epsilons 0.01 --use_cpu"
+    )
+    argv = [
+        "--plan",
+        "books",
+        "--seeds",
+        "0,1",
+        "--variants",
+        "ce,joint",
+        "--jobs",
+        "2",
+        "--out",
+        str(runs),
+        "--extra",
+        extra,
+    ]
     run_study.main(argv)
     results = {}
     for variant in ("ce", "joint"):

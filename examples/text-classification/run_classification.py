@@ -6,7 +6,7 @@ With no model or data argument it trains the embedded offline default: all-MiniL
 
     python examples/text-classification/run_classification.py --output_dir out/bbc \
         --do_train --do_eval --do_predict --max_seq_length 128 --per_device_train_batch_size 16 \
-        --num_train_epochs 1 --fgsm_epsilons 0.01,0.03
+        --num_train_epochs 1 --fgsm_epsilons 0.01,0.03 --pgd_epsilons 0.01,0.03
 
 Any Hub model or dataset works as in the HF scripts (`--model_name_or_path bert-base-uncased --dataset_name ag_news`),
 and so do local csv/json files (`--train_file --validation_file --test_file`, `--text_column_name`,
@@ -42,7 +42,12 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from hf_cot import COTTrainer, COTTrainingArguments
 from hf_cot import metrics as cot_metrics
-from hf_cot.robustness import fgsm_embedding_accuracy, format_fgsm_results
+from hf_cot.robustness import (
+    ATTACK_LOSSES,
+    fgsm_embedding_accuracy,
+    format_fgsm_results,
+    pgd_embedding_accuracy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +103,23 @@ class DataTrainingArguments:
             "FGSM attack on the input embeddings, on the test set with --do_predict, else the validation set."
         },
     )
+    pgd_epsilons: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated PGD epsilons (e.g. '0.01,0.03'): after training, measure accuracy under a "
+            "multi-step L-inf PGD attack on the input embeddings (random start seeded with --seed, step size "
+            "2.5 * epsilon / --pgd_steps), on the same split as FGSM. An example counts as broken if any point the "
+            "attack visits is misclassified."
+        },
+    )
+    pgd_steps: int = field(default=10, metadata={"help": "Gradient steps of the PGD attack."})
+    pgd_losses: str = field(
+        default="ce,margin",
+        metadata={
+            "help": "Comma-separated losses the PGD attack maximizes, one attack each: 'ce' (cross-entropy) and/or "
+            "'margin' (best wrong logit minus the gold logit). Results: pgd_{loss}_accuracy_eps_{epsilon}."
+        },
+    )
 
     def __post_init__(self):
         if self.dataset_name is not None and self.train_file is not None:
@@ -108,6 +130,15 @@ class DataTrainingArguments:
         if len(self.text_column_name.split(",")) > 2:
             raise ValueError(f"--text_column_name takes one column or a pair, got {self.text_column_name!r}")
         self.fgsm_epsilon_list = [float(e) for e in self.fgsm_epsilons.split(",")] if self.fgsm_epsilons else []
+        self.pgd_epsilon_list = [float(e) for e in self.pgd_epsilons.split(",")] if self.pgd_epsilons else []
+        self.pgd_loss_list = [loss.strip() for loss in self.pgd_losses.split(",") if loss.strip()]
+        unknown = [loss for loss in self.pgd_loss_list if loss not in ATTACK_LOSSES]
+        if unknown or (self.pgd_epsilon_list and not self.pgd_loss_list):
+            raise ValueError(
+                f"--pgd_losses takes a comma-separated subset of {ATTACK_LOSSES}, got {self.pgd_losses!r}"
+            )
+        if self.pgd_steps < 1:
+            raise ValueError(f"--pgd_steps must be >= 1, got {self.pgd_steps}")
 
 
 def load_raw_datasets(model_args, data_args) -> datasets.DatasetDict:
@@ -179,7 +210,9 @@ def preprocess_datasets(raw_datasets, tokenizer, label_list, data_args, training
         result = tokenizer(*texts, padding="max_length" if data_args.pad_to_max_length else False,
                            max_length=max_length, truncation=True)  # fmt: skip
         if label_column in examples:
-            result["label"] = [l if is_class_label else label_to_id.get(str(l), -1) for l in examples[label_column]]
+            result["label"] = [
+                label if is_class_label else label_to_id.get(str(label), -1) for label in examples[label_column]
+            ]
         return result
 
     def select(split, limit):
@@ -259,6 +292,29 @@ def setup_logging(training_args):
     )
 
 
+def run_attacks(trainer, attacked, data_args) -> None:
+    """FGSM and PGD on the input embeddings, as asked; saved as fgsm_results.json / pgd_results.json (and in
+    all_results.json)."""
+    common = {"batch_size": trainer.args.per_device_eval_batch_size, "data_collator": trainer.data_collator}
+    if data_args.fgsm_epsilon_list:
+        logger.info("*** FGSM on the input embeddings ***")
+        accuracies = fgsm_embedding_accuracy(trainer.model, attacked, data_args.fgsm_epsilon_list, **common)
+        metrics = format_fgsm_results(accuracies)  # {"fgsm_accuracy_eps_0.01": ...}
+        trainer.log_metrics("fgsm", metrics)
+        trainer.save_metrics("fgsm", metrics)
+    if data_args.pgd_epsilon_list:
+        logger.info(f"*** PGD ({data_args.pgd_steps} steps) on the input embeddings ***")
+        metrics = {"pgd_steps": data_args.pgd_steps}
+        for loss in data_args.pgd_loss_list:
+            accuracies = pgd_embedding_accuracy(
+                trainer.model, attacked, data_args.pgd_epsilon_list,
+                steps=data_args.pgd_steps, loss=loss, seed=trainer.args.seed, **common,
+            )  # fmt: skip
+            metrics.update(format_fgsm_results(accuracies, prefix=f"pgd_{loss}_accuracy_eps_"))
+        trainer.log_metrics("pgd", metrics)
+        trainer.save_metrics("pgd", metrics)
+
+
 def train_evaluate_predict(trainer, data_args, model_args, last_checkpoint=None, train=None, evaluation=None,
                            predict=None):  # fmt: skip
     """Everything after building the trainer; returns all metrics (as written to all_results.json)."""
@@ -294,16 +350,9 @@ def train_evaluate_predict(trainer, data_args, model_args, last_checkpoint=None,
                     writer.write(f"{index}\t{id2label[int(item)]}\n")
 
     attacked = predict if predict is not None and "label" in predict.column_names else evaluation
-    if data_args.fgsm_epsilon_list and attacked is not None and trainer.is_world_process_zero():
-        # Single-process on purpose: the attack is a cheap eval pass; the other ranks have nothing left to sync.
-        logger.info("*** FGSM on the input embeddings ***")
-        accuracies = fgsm_embedding_accuracy(
-            trainer.model, attacked, data_args.fgsm_epsilon_list,
-            batch_size=training_args.per_device_eval_batch_size, data_collator=trainer.data_collator,
-        )  # fmt: skip
-        metrics = format_fgsm_results(accuracies)  # {"fgsm_accuracy_eps_0.01": ...}
-        trainer.log_metrics("fgsm", metrics)
-        trainer.save_metrics("fgsm", metrics)
+    if attacked is not None and trainer.is_world_process_zero():
+        # Single-process on purpose: the attacks are eval passes; the other ranks have nothing left to sync.
+        run_attacks(trainer, attacked, data_args)
 
     finetuned_from = model_args.model_name_or_path or DEFAULT_MODEL_ID
     kwargs = {"finetuned_from": finetuned_from, "tasks": "text-classification"}

@@ -40,8 +40,9 @@ def load_bible_splits(path: str | Path | None = None):
             "`python examples/translation/build_bible_corpus.py` after "
             "`apt-get install diatheke sword-text-web sword-text-sparv`"
         )
-    columns: dict[str, dict[str, list]] = {s: {"id": [], "book": [], "chapter": [], "verse": [], "translation": []}
-                                           for s in SPLITS}
+    columns: dict[str, dict[str, list]] = {
+        s: {"id": [], "book": [], "chapter": [], "verse": [], "translation": []} for s in SPLITS
+    }
     with gzip.open(path, "rt", encoding="utf-8") as handle:
         for line in handle:
             record = json.loads(line)

@@ -85,23 +85,72 @@ DEFAULT_OUTPUT = Path(__file__).resolve().parent / "data" / "bible_es_en.jsonl.g
 
 # (OSIS id, English name as diatheke accepts it, number of chapters) for the 66 books both modules contain.
 BOOKS: tuple[tuple[str, str, int], ...] = (
-    ("Gen", "Genesis", 50), ("Exod", "Exodus", 40), ("Lev", "Leviticus", 27), ("Num", "Numbers", 36),
-    ("Deut", "Deuteronomy", 34), ("Josh", "Joshua", 24), ("Judg", "Judges", 21), ("Ruth", "Ruth", 4),
-    ("1Sam", "1 Samuel", 31), ("2Sam", "2 Samuel", 24), ("1Kgs", "1 Kings", 22), ("2Kgs", "2 Kings", 25),
-    ("1Chr", "1 Chronicles", 29), ("2Chr", "2 Chronicles", 36), ("Ezra", "Ezra", 10), ("Neh", "Nehemiah", 13),
-    ("Esth", "Esther", 10), ("Job", "Job", 42), ("Ps", "Psalms", 150), ("Prov", "Proverbs", 31),
-    ("Eccl", "Ecclesiastes", 12), ("Song", "Song of Solomon", 8), ("Isa", "Isaiah", 66), ("Jer", "Jeremiah", 52),
-    ("Lam", "Lamentations", 5), ("Ezek", "Ezekiel", 48), ("Dan", "Daniel", 12), ("Hos", "Hosea", 14),
-    ("Joel", "Joel", 3), ("Amos", "Amos", 9), ("Obad", "Obadiah", 1), ("Jonah", "Jonah", 4), ("Mic", "Micah", 7),
-    ("Nah", "Nahum", 3), ("Hab", "Habakkuk", 3), ("Zeph", "Zephaniah", 3), ("Hag", "Haggai", 2),
-    ("Zech", "Zechariah", 14), ("Mal", "Malachi", 4),
-    ("Matt", "Matthew", 28), ("Mark", "Mark", 16), ("Luke", "Luke", 24), ("John", "John", 21), ("Acts", "Acts", 28),
-    ("Rom", "Romans", 16), ("1Cor", "1 Corinthians", 16), ("2Cor", "2 Corinthians", 13), ("Gal", "Galatians", 6),
-    ("Eph", "Ephesians", 6), ("Phil", "Philippians", 4), ("Col", "Colossians", 4), ("1Thess", "1 Thessalonians", 5),
-    ("2Thess", "2 Thessalonians", 3), ("1Tim", "1 Timothy", 6), ("2Tim", "2 Timothy", 4), ("Titus", "Titus", 3),
-    ("Phlm", "Philemon", 1), ("Heb", "Hebrews", 13), ("Jas", "James", 5), ("1Pet", "1 Peter", 5),
-    ("2Pet", "2 Peter", 3), ("1John", "1 John", 5), ("2John", "2 John", 1), ("3John", "3 John", 1),
-    ("Jude", "Jude", 1), ("Rev", "Revelation", 22),
+    ("Gen", "Genesis", 50),
+    ("Exod", "Exodus", 40),
+    ("Lev", "Leviticus", 27),
+    ("Num", "Numbers", 36),
+    ("Deut", "Deuteronomy", 34),
+    ("Josh", "Joshua", 24),
+    ("Judg", "Judges", 21),
+    ("Ruth", "Ruth", 4),
+    ("1Sam", "1 Samuel", 31),
+    ("2Sam", "2 Samuel", 24),
+    ("1Kgs", "1 Kings", 22),
+    ("2Kgs", "2 Kings", 25),
+    ("1Chr", "1 Chronicles", 29),
+    ("2Chr", "2 Chronicles", 36),
+    ("Ezra", "Ezra", 10),
+    ("Neh", "Nehemiah", 13),
+    ("Esth", "Esther", 10),
+    ("Job", "Job", 42),
+    ("Ps", "Psalms", 150),
+    ("Prov", "Proverbs", 31),
+    ("Eccl", "Ecclesiastes", 12),
+    ("Song", "Song of Solomon", 8),
+    ("Isa", "Isaiah", 66),
+    ("Jer", "Jeremiah", 52),
+    ("Lam", "Lamentations", 5),
+    ("Ezek", "Ezekiel", 48),
+    ("Dan", "Daniel", 12),
+    ("Hos", "Hosea", 14),
+    ("Joel", "Joel", 3),
+    ("Amos", "Amos", 9),
+    ("Obad", "Obadiah", 1),
+    ("Jonah", "Jonah", 4),
+    ("Mic", "Micah", 7),
+    ("Nah", "Nahum", 3),
+    ("Hab", "Habakkuk", 3),
+    ("Zeph", "Zephaniah", 3),
+    ("Hag", "Haggai", 2),
+    ("Zech", "Zechariah", 14),
+    ("Mal", "Malachi", 4),
+    ("Matt", "Matthew", 28),
+    ("Mark", "Mark", 16),
+    ("Luke", "Luke", 24),
+    ("John", "John", 21),
+    ("Acts", "Acts", 28),
+    ("Rom", "Romans", 16),
+    ("1Cor", "1 Corinthians", 16),
+    ("2Cor", "2 Corinthians", 13),
+    ("Gal", "Galatians", 6),
+    ("Eph", "Ephesians", 6),
+    ("Phil", "Philippians", 4),
+    ("Col", "Colossians", 4),
+    ("1Thess", "1 Thessalonians", 5),
+    ("2Thess", "2 Thessalonians", 3),
+    ("1Tim", "1 Timothy", 6),
+    ("2Tim", "2 Timothy", 4),
+    ("Titus", "Titus", 3),
+    ("Phlm", "Philemon", 1),
+    ("Heb", "Hebrews", 13),
+    ("Jas", "James", 5),
+    ("1Pet", "1 Peter", 5),
+    ("2Pet", "2 Peter", 3),
+    ("1John", "1 John", 5),
+    ("2John", "2 John", 1),
+    ("3John", "3 John", 1),
+    ("Jude", "Jude", 1),
+    ("Rev", "Revelation", 22),
 )
 
 # Split rule: whole books, about 5% of the verses each, chosen to mix genres (narrative, poetry/wisdom, gospel,
@@ -132,8 +181,22 @@ _NONZERO_PRIOR = 1.0  # ties go to the key alignment
 
 # Books whose last Spanish verse ends with a subscription after "Amén." (Romans to Hebrews), and its pattern.
 _SUBSCRIPTION_BOOKS = frozenset(
-    ("Romans", "1 Corinthians", "2 Corinthians", "Galatians", "Ephesians", "Philippians", "Colossians",
-     "1 Thessalonians", "2 Thessalonians", "1 Timothy", "2 Timothy", "Titus", "Philemon", "Hebrews")
+    (
+        "Romans",
+        "1 Corinthians",
+        "2 Corinthians",
+        "Galatians",
+        "Ephesians",
+        "Philippians",
+        "Colossians",
+        "1 Thessalonians",
+        "2 Thessalonians",
+        "1 Timothy",
+        "2 Timothy",
+        "Titus",
+        "Philemon",
+        "Hebrews",
+    )
 )
 _SUBSCRIPTION = re.compile(r"(?<=Amén\.)\s+[^.]*\b(?:escrita|enviada)\b.*$", re.IGNORECASE | re.DOTALL)
 
@@ -428,7 +491,7 @@ def versification_offsets(
     for pointer in reversed(backpointers):
         delta = pointer[delta]
         path.append(delta)
-    return dict(zip(verses, reversed(path)))
+    return dict(zip(verses, reversed(path), strict=True))
 
 
 def split_for_book(book: str) -> str:
@@ -444,7 +507,9 @@ def diatheke_chapter(module: str, book: str, chapter: int) -> str:
     """Raw ``diatheke -f internal`` output for one chapter (the only function that runs a process)."""
     result = subprocess.run(
         ["diatheke", "-b", module, "-f", "internal", "-k", f"{book} {chapter}"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return result.stdout
 
@@ -466,9 +531,7 @@ def build_corpus(jobs: int = 4, fetch=diatheke_chapter) -> tuple[list[dict], Cou
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         texts = list(pool.map(read, chapters))
     # Pass 1: a word dictionary from the key alignment; pass 2: per-chapter offsets with lengths and words.
-    associations = learn_associations(
-        (es[v], en[v]) for _, _, _, es, en in texts for v in en if en[v] and es.get(v)
-    )
+    associations = learn_associations((es[v], en[v]) for _, _, _, es, en in texts for v in en if en[v] and es.get(v))
     stats: Counter = Counter()
     records: list[dict] = []
     for osis, book, c, es, en in texts:
@@ -498,8 +561,17 @@ def main(argv: list[str] | None = None) -> int:
     records, stats = build_corpus(jobs=args.jobs)
     write_jsonl_gz(records, args.output)
     per_split = Counter(r["split"] for r in records)
-    print(json.dumps({"output": str(args.output), "bytes": args.output.stat().st_size,
-                      "splits": {s: per_split[s] for s in SPLITS}, "stats": dict(stats)}, indent=2))
+    print(
+        json.dumps(
+            {
+                "output": str(args.output),
+                "bytes": args.output.stat().st_size,
+                "splits": {s: per_split[s] for s in SPLITS},
+                "stats": dict(stats),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

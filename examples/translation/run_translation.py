@@ -53,7 +53,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from hf_cot import COTSeq2SeqTrainer, COTSeq2SeqTrainingArguments
+from hf_cot import COTSeq2SeqTrainer, COTSeq2SeqTrainingArguments  # isort: skip (tests/test_examples.py swaps it)
 from hf_cot import evaluate_complement_entropy
 from hf_cot import metrics as cot_metrics
 
@@ -97,9 +97,13 @@ class DataTrainingArguments:
     max_target_length: int = field(default=128, metadata={"help": "Maximum target tokens after tokenization."})
     val_max_target_length: int | None = field(
         default=None,
-        metadata={"help": "Max target tokens in evaluation, and generate()'s max_length (default: max_target_length)."},
+        metadata={
+            "help": "Max target tokens in evaluation, and generate()'s max_length (default: max_target_length)."
+        },
     )
-    pad_to_max_length: bool = field(default=False, metadata={"help": "Pad to the maximum lengths (default: by batch)."})
+    pad_to_max_length: bool = field(
+        default=False, metadata={"help": "Pad to the maximum lengths (default: by batch)."}
+    )
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenization."})
     overwrite_cache: bool = field(default=False, metadata={"help": "Re-tokenize instead of using cached datasets."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the training set (debugging)."})
@@ -229,7 +233,7 @@ def build_compute_metrics(tokenizer):
         preds = np.where(preds != -100, preds, tokenizer.pad_token_id)
         labels = np.where(labels != -100, labels, tokenizer.pad_token_id)
         decoded_preds = [p.strip() for p in tokenizer.batch_decode(preds, skip_special_tokens=True)]
-        decoded_labels = [l.strip() for l in tokenizer.batch_decode(labels, skip_special_tokens=True)]
+        decoded_labels = [ref.strip() for ref in tokenizer.batch_decode(labels, skip_special_tokens=True)]
         result = metric.compute(predictions=decoded_preds, references=decoded_labels)
         result["gen_len"] = float(np.mean([np.count_nonzero(p != tokenizer.pad_token_id) for p in preds]))
         return {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}

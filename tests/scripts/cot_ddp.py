@@ -33,10 +33,10 @@ import transformers
 from packaging import version
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from conftest import classification_data, seq2seq_data, tiny_bert, tiny_marian  # noqa: E402
 from transformers.data.data_collator import default_data_collator  # noqa: E402
 
 from hf_cot import COTSeq2SeqTrainer, COTSeq2SeqTrainingArguments, COTTrainer, COTTrainingArguments  # noqa: E402
+from testing_utils import classification_data, seq2seq_data, tiny_bert, tiny_marian  # noqa: E402
 
 # Before 5.18 the parent Trainer itself cannot resume a MULTI_CPU run: it loads optimizer.pt with
 # map_location=args.device, i.e. "cpu:<rank>", which torch.load rejects (GPU ranks, "cuda:<rank>", are fine).
@@ -147,7 +147,7 @@ def run(name: str, out_root: str, batch: int, save_steps: int | None, resume_fro
                 "world_size": trainer.args.world_size,
                 "distributed_type": str(trainer.accelerator.distributed_type),
                 "complement_steps": trainer.complement_steps,
-                "complement_scheduler_last_epoch": getattr(trainer._complement_scheduler, "last_epoch", None),
+                "complement_scheduler_last_epoch": getattr(trainer.complement_lr_scheduler, "last_epoch", None),
                 "global_step": trainer.state.global_step,
             },
         ),

@@ -24,10 +24,10 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from conftest import classification_data, tiny_bert  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from hf_cot import COTTrainer, COTTrainingArguments  # noqa: E402
+from testing_utils import classification_data, tiny_bert  # noqa: E402
 
 # name -> dict(ga, complement_every, save_steps, kill_at, max_steps). 16 rows, so an epoch is 4 steps at GA 1
 # (batch 4) and 2 steps at GA 2: every resume crosses an epoch boundary after restarting mid-epoch or at one.
@@ -83,8 +83,8 @@ def run(out: str, config: str, kill: bool, resume: bool) -> None:
         "steps_run": recorder.steps,
         "complement_steps": trainer.complement_steps,
         "complement_skipped_steps": trainer.complement_skipped_steps,
-        "complement_scheduler_last_epoch": trainer._complement_scheduler.last_epoch,
-        "complement_lr": trainer._complement_optimizer.param_groups[0]["lr"],
+        "complement_scheduler_last_epoch": trainer.complement_lr_scheduler.last_epoch,
+        "complement_lr": trainer.complement_optimizer.param_groups[0]["lr"],
         "lr": trainer.optimizer.param_groups[0]["lr"],
     }
     with open(os.path.join(out, "info.json"), "w") as f:

@@ -80,7 +80,7 @@ def reference_streams(references):
         )
     width = max((len(refs) for refs in per_prediction), default=0)
     padded = [refs + [None] * (width - len(refs)) for refs in per_prediction]
-    return [list(stream) for stream in zip(*padded)]
+    return [list(stream) for stream in zip(*padded, strict=True)]
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
