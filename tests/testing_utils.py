@@ -135,3 +135,52 @@ def naive_entropy(logits, labels):
     q = p / (1 - pg)
     mask = torch.ones_like(p).scatter_(-1, labels.unsqueeze(-1), 0.0)
     return -(q * torch.log(torch.where(mask.bool(), q, torch.ones_like(q))) * mask).sum(-1)
+
+
+def tiny_causal_lm(arch: str, seed: int = 0, vocab_size: int = VOCAB):
+    """Tiny random-init decoder-only LMs: Llama-, GPT-2- and Qwen2-style, and a BERT decoder (`BertLMHeadModel`)."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    if arch == "llama":
+        return tiny_llama(seed=seed, vocab_size=vocab_size)
+    if arch == "gpt2":
+        config = tf.GPT2Config(vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.0,
+                               embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=1, eos_token_id=1)  # fmt: skip
+        return tf.GPT2LMHeadModel(config)
+    if arch == "qwen2":
+        config = tf.Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                                tie_word_embeddings=True, pad_token_id=0)  # fmt: skip
+        return tf.Qwen2ForCausalLM(config)
+    if arch == "bert_decoder":
+        config = tf.BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=37, max_position_embeddings=64, is_decoder=True,
+                               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
+        return tf.BertLMHeadModel(config)
+    raise ValueError(arch)
+
+
+def tiny_token_classifier(num_labels: int = 7, seed: int = 0):
+    from transformers import BertForTokenClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=37, max_position_embeddings=64, num_labels=num_labels,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)  # fmt: skip
+    return BertForTokenClassification(config)
+
+
+def token_classification_data(n: int = 24, seq_len: int = 10, num_labels: int = 7, seed: int = 0) -> list[dict]:
+    """Tags per token; padding and the first (special) token at -100, uneven lengths."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        length = int(torch.randint(3, seq_len + 1, (1,), generator=g))
+        mask = (torch.arange(seq_len) < length).long()
+        ids = torch.randint(2, VOCAB, (seq_len,), generator=g) * mask
+        labels = torch.randint(0, num_labels, (seq_len,), generator=g)
+        labels[0] = -100
+        labels[length:] = -100
+        rows.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    return rows

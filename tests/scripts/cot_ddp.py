@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from transformers.data.data_collator import default_data_collator  # noqa: E402
 
 from hf_cot import COTSeq2SeqTrainer, COTSeq2SeqTrainingArguments, COTTrainer, COTTrainingArguments  # noqa: E402
-from testing_utils import classification_data, seq2seq_data, tiny_bert, tiny_marian  # noqa: E402
+from testing_utils import causal_lm_data, classification_data, seq2seq_data, tiny_bert, tiny_llama, tiny_marian  # noqa: E402
 
 # Before 5.18 the parent Trainer itself cannot resume a MULTI_CPU run: it loads optimizer.pt with
 # map_location=args.device, i.e. "cpu:<rank>", which torch.load rejects (GPU ranks, "cuda:<rank>", are fine).
@@ -48,6 +48,8 @@ CONFIGS = {
     "alternating_ga2": ("bert", "alternating", 2, 2),
     "joint": ("bert", "joint", 1, 4),
     "seq2seq": ("marian", "alternating", 1, 3),
+    # A causal LM with -100 prompts and padding: uneven valid-token counts per rank.
+    "causal_lm": ("llama", "guided", 1, 3),
 }
 
 
@@ -102,6 +104,15 @@ def build(name: str, out: str, batch: int, save_steps: int | None):
         collator = RecordingCollator(rows)
         trainer = COTTrainer(
             model=tiny_bert(num_labels=5, seed=0),
+            args=COTTrainingArguments(**common),
+            train_dataset=rows,
+            data_collator=collator,
+        )
+    elif kind == "llama":
+        rows = causal_lm_data(n=24)
+        collator = RecordingCollator(rows)
+        trainer = COTTrainer(
+            model=tiny_llama(seed=0),
             args=COTTrainingArguments(**common),
             train_dataset=rows,
             data_collator=collator,

@@ -1,0 +1,42 @@
+"""The package itself: lazy imports (a pure-torch user never loads transformers), every public name resolves, one
+version."""
+
+import importlib.metadata
+import subprocess
+import sys
+
+import hf_cot
+
+
+def _fresh_python(code: str) -> None:
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_loss_imports_do_not_load_transformers():
+    _fresh_python(
+        "import sys\n"
+        "import hf_cot.losses\n"
+        "from hf_cot import complement_entropy, guided_complement_entropy, complement_objective\n"
+        "assert 'transformers' not in sys.modules, 'the loss functions imported transformers'\n"
+        "from hf_cot import COTTrainer\n"  # and a trainer still resolves, loading it on demand
+        "assert 'transformers' in sys.modules\n"
+    )
+
+
+def test_every_public_name_resolves():
+    for name in hf_cot.__all__:
+        assert getattr(hf_cot, name) is not None
+    assert set(hf_cot.__all__) <= set(dir(hf_cot))
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    try:
+        hf_cot.not_a_name  # noqa: B018
+    except AttributeError as err:
+        assert "not_a_name" in str(err)
+    else:
+        raise AssertionError("expected AttributeError")
+
+
+def test_version_is_written_once():
+    assert importlib.metadata.version("hf-cot") == hf_cot.__version__
