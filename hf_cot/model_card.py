@@ -30,7 +30,7 @@ def add_cot_section(card_path: str, cot_mode: str) -> None:
         return
     with open(card_path, encoding="utf-8") as f:
         card = f.read()
-    if "chen2019complement" in card:
+    if "## Complement Objective Training" in card:  # written once (TRL rewrites the card at every checkpoint)
         return
     section = (
         f"\n## Complement Objective Training\n\nTrained with [hf-cot](https://pypi.org/project/hf-cot/) "

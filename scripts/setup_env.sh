@@ -22,7 +22,7 @@ fi
 PIN=${HF_COT_TRANSFORMERS:+transformers==$HF_COT_TRANSFORMERS}
 # The linter's version is pinned in the test extra: a venv with another ruff (or none) gets the pinned one.
 RUFF=$(sed -n 's/.*"ruff==\([0-9.]*\)".*/\1/p' pyproject.toml)
-if ! python -c "import hf_cot, pytest, evaluate, sacrebleu, sklearn, datasets, sentencepiece, peft, hypothesis, bitsandbytes, galore_torch, apollo_torch, lomo_optim, schedulefree, grokadamw, optimi" 2>/dev/null \
+if ! python -c "import hf_cot, pytest, evaluate, sacrebleu, sklearn, datasets, sentencepiece, peft, hypothesis, bitsandbytes, galore_torch, apollo_torch, lomo_optim, schedulefree, grokadamw, optimi, trl" 2>/dev/null \
    || [ "$(python -m ruff --version 2>/dev/null)" != "ruff $RUFF" ] \
    || { [ -n "$PIN" ] && ! python -c "import transformers,sys; sys.exit(transformers.__version__ != '$HF_COT_TRANSFORMERS')"; }; then
   echo "[setup] installing hf-cot[test,examples] $PIN"

@@ -1,0 +1,108 @@
+"""COT for TRL's `SFTTrainer`: `COTSFTConfig` and `COTSFTTrainer`, the same two-line swap as for `Trainer`.
+
+```python
+-from trl import SFTConfig, SFTTrainer
++from hf_cot.trl import COTSFTConfig as SFTConfig, COTSFTTrainer as SFTTrainer
+```
+
+What TRL does differently from `Trainer` (read on TRL 1.16.0), and how the COT modes match it:
+
+* Loss: TRL runs the model with `fused_lm_head=True` (a patched forward that never builds the `[tokens, vocab]` logits)
+  and divides the summed NLL of the shifted labels by `num_items_in_batch` (the tokens of the whole accumulation
+  window on all ranks), times the number of processes. The COT modes need the complement of every token, so they
+  run the model's ordinary forward (full logits; the fused complement head is future work) and normalize by the same
+  window count: the reported `loss` is the same number TRL reports.
+* Metrics: TRL logs `entropy` (of the full softmax), `mean_token_accuracy` and `num_tokens`, computed from its fused
+  head. The COT modes compute the same three from the logits they already have, next to `complement_loss` /
+  `complement_entropy`.
+* Everything else - datasets (prompt/completion, conversational, completion-only and assistant-only loss via `-100`
+  labels), packing and padding-free batches, PEFT, the model card with TRL's tags - is `SFTTrainer`'s own.
+
+Refused in the COT modes, with a message: `use_liger_kernel` (Liger replaces the forward and its loss) and
+`loss_type="dft"` (a reweighted NLL; COT's objective is defined on the plain CE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+try:
+    import trl
+except ImportError as err:  # pragma: no cover - exercised in a subprocess without trl
+    raise ImportError(
+        "hf_cot.trl needs TRL: install it with `pip install 'hf-cot[trl]'` (or `pip install trl`)"
+    ) from err
+
+import torch
+
+from .config import COTArgumentsMixin
+from .model_card import TAGS
+from .modeling import aligned_logits, shifts_labels
+from .trainer import COTMixin
+
+__all__ = ["COTSFTConfig", "COTSFTTrainer"]
+
+
+@dataclass
+class COTSFTConfig(COTArgumentsMixin, trl.SFTConfig):
+    """`trl.SFTConfig` plus the COT fields (see `hf_cot.COTArgumentsMixin`)."""
+
+    def __post_init__(self):
+        self._validate_cot_fields()
+        super().__post_init__()
+
+
+class COTSFTTrainer(COTMixin, trl.SFTTrainer):
+    """`trl.SFTTrainer` with Complement Objective Training. Needs `COTSFTConfig`. `cot_mode="off"` is `SFTTrainer`."""
+
+    _tag_names = ["trl", "sft", *TAGS]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.cot_mode == "off":
+            return
+        if getattr(self.args, "use_liger_kernel", False):
+            raise ValueError(
+                f"use_liger_kernel cannot be combined with cot_mode={self.cot_mode!r}: Liger replaces the model's "
+                "forward and computes its own loss, so COT never sees the logits. Use cot_mode='off' with Liger."
+            )
+        if getattr(self.args, "loss_type", "nll") != "nll":
+            raise ValueError(
+                f"loss_type={self.args.loss_type!r} cannot be combined with cot_mode={self.cot_mode!r}: COT's "
+                "objective is built on the plain cross-entropy (loss_type='nll')."
+            )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.cot_mode == "off":
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        mode = "train" if self.model.training else "eval"
+        inputs = {**inputs, "use_cache": False}  # as TRL: no cache (and no warning under gradient checkpointing)
+        loss, outputs = COTMixin.compute_loss(self, model, inputs, True, num_items_in_batch)
+        self._log_trl_metrics(mode, outputs, inputs)
+        return (loss, outputs) if return_outputs else loss
+
+    @torch.no_grad()
+    def _log_trl_metrics(self, mode: str, outputs, inputs: dict) -> None:
+        """TRL's `entropy`, `mean_token_accuracy` and `num_tokens`, from the full logits (sft_trainer.py, TRL 1.16)."""
+        logits, labels = aligned_logits(outputs, inputs[self._label_name], shifts_labels(self.model))
+        valid = labels != -100
+        logits = logits.float()
+        log_p = torch.log_softmax(logits, dim=-1)
+        entropy = -(log_p.exp() * log_p).sum(-1)
+        correct = (logits.argmax(-1) == labels) & valid
+        gather = self.accelerator.gather_for_metrics
+        num_valid = gather(valid.sum()).sum()
+        entropy_sum = gather(entropy.masked_fill(~valid, 0.0).sum()).sum()
+        num_correct = gather(correct.sum()).sum()
+        self._metrics[mode]["entropy"].append((entropy_sum / num_valid).item() if num_valid > 0 else 0.0)
+        self._metrics[mode]["mean_token_accuracy"].append((num_correct / num_valid).item() if num_valid > 0 else 0.0)
+        if mode == "train":
+            if "attention_mask" in inputs:
+                num_tokens = gather(inputs["attention_mask"].sum()).sum().item()
+            elif "position_ids" in inputs:  # padding-free batches
+                local = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
+                num_tokens = gather(local).sum().item()
+            else:
+                raise ValueError("Expected 'attention_mask' or 'position_ids' in inputs.")
+            self._total_train_tokens += num_tokens // getattr(self, "_tp_size", 1)
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]

@@ -1,0 +1,149 @@
+"""`hf_cot.trl`: COT inside TRL's `SFTTrainer`. The COT modes must report what `SFTTrainer` reports (its loss, its
+`entropy` / `mean_token_accuracy` / `num_tokens`, computed there by its fused LM head) on the same weights, keep
+its data handling (completion-only loss, packing, PEFT), and `cot_mode="off"` must be `SFTTrainer` itself."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from testing_utils import VOCAB, tiny_llama
+
+trl = pytest.importorskip("trl")
+from datasets import Dataset  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+from transformers import PreTrainedTokenizerFast  # noqa: E402
+
+from hf_cot.trl import COTSFTConfig, COTSFTTrainer  # noqa: E402
+
+METRICS = ["loss", "entropy", "mean_token_accuracy", "num_tokens"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    words = ["<pad>", "<eos>"] + [f"w{i}" for i in range(2, VOCAB)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+
+
+def prompt_completion(n=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def words(k):
+        return " ".join(f"w{int(i)}" for i in torch.randint(2, VOCAB, (k,), generator=g))
+
+    rows = [{"prompt": words(int(torch.randint(2, 6, (1,), generator=g))),
+             "completion": words(int(torch.randint(1, 6, (1,), generator=g)))} for _ in range(n)]  # fmt: skip
+    return Dataset.from_list(rows)
+
+
+def _config(out_dir, cls, **kw):
+    base = dict(
+        output_dir=out_dir, report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no", seed=2, data_seed=2,
+        per_device_train_batch_size=4, max_steps=3, logging_steps=1, max_length=16, bf16=False,
+        gradient_checkpointing=False, dataset_num_proc=None,
+    )  # fmt: skip
+    base.update(kw)
+    return cls(**base)
+
+
+def _pair(out_dir, tokenizer, mode, data=None, **kw):
+    data = data if data is not None else prompt_completion()
+    plain = trl.SFTTrainer(model=tiny_llama(), args=_config(out_dir + "/sft", trl.SFTConfig, **kw),
+                           train_dataset=data, processing_class=tokenizer)  # fmt: skip
+    cot = COTSFTTrainer(model=tiny_llama(), args=_config(out_dir + "/cot", COTSFTConfig, cot_mode=mode, **kw),
+                        train_dataset=data, processing_class=tokenizer)  # fmt: skip
+    return plain, cot
+
+
+def _lines(trainer, prefix=""):
+    return [
+        {k: h[prefix + k] for k in METRICS if prefix + k in h}
+        for h in trainer.state.log_history
+        if prefix + "loss" in h
+    ]
+
+
+def test_off_is_sft_trainer(tokenizer, out_dir):
+    plain, cot = _pair(out_dir, tokenizer, "off", learning_rate=1e-3)
+    plain.train()
+    cot.train()
+    assert _lines(cot) == _lines(plain)
+    for p, q in zip(plain.model.parameters(), cot.model.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("mode", ["joint", "guided", "alternating"])
+@pytest.mark.parametrize("ga", [1, 2])
+def test_cot_modes_report_what_sft_trainer_reports(tokenizer, out_dir, mode, ga):
+    """lr 0: the same weights at every step, so each logged number must be SFTTrainer's (GA 2: token averaging over
+    the window, as TRL's num_items_in_batch does; completion-only loss: the prompts are -100)."""
+    plain, cot = _pair(out_dir, tokenizer, mode, optim="sgd", learning_rate=0.0, gradient_accumulation_steps=ga)
+    plain.train()
+    cot.train()
+    got, want = _lines(cot), _lines(plain)
+    assert len(got) == len(want) == 3
+    for g, w in zip(got, want, strict=True):
+        assert g.keys() == w.keys() == set(METRICS)
+        for key in METRICS:
+            assert g[key] == pytest.approx(w[key], abs=1e-5), (key, g, w)
+    cot_line = next(h for h in cot.state.log_history if "loss" in h)
+    assert "complement_entropy" in cot_line and "complement_loss" in cot_line
+    eval_data = prompt_completion(n=7, seed=1)
+    e_plain, e_cot = plain.evaluate(eval_data), cot.evaluate(eval_data)
+    for key in ("eval_loss", "eval_entropy", "eval_mean_token_accuracy"):
+        assert e_cot[key] == pytest.approx(e_plain[key], abs=1e-5), key
+    assert e_cot["eval_complement_entropy"] > 0
+
+
+def test_packing_reports_what_sft_trainer_reports(tokenizer, out_dir):
+    plain, cot = _pair(out_dir, tokenizer, "joint", optim="sgd", learning_rate=0.0, packing=True)
+    plain.train()
+    cot.train()
+    for g, w in zip(_lines(cot), _lines(plain), strict=True):
+        for key in METRICS:
+            assert g[key] == pytest.approx(w[key], abs=1e-5), (key, g, w)
+
+
+def test_lora_alternating_trains_only_the_adapters(tokenizer, out_dir):
+    peft = pytest.importorskip("peft")
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    trainer = COTSFTTrainer(model=tiny_llama(), args=_config(out_dir, COTSFTConfig, cot_mode="alternating"),
+                            train_dataset=prompt_completion(), processing_class=tokenizer, peft_config=config)  # fmt: skip
+    trainer.train()
+    trainable = {id(p) for p in trainer.model.parameters() if p.requires_grad}
+    assert trainable and {id(p) for g in trainer.complement_optimizer.param_groups for p in g["params"]} == trainable
+    assert trainer.complement_steps == 3
+
+
+@pytest.mark.parametrize(
+    "kw,match", [({"use_liger_kernel": True}, "use_liger_kernel"), ({"loss_type": "dft"}, "loss_type")]
+)
+def test_what_cannot_work_is_refused(tokenizer, out_dir, kw, match):
+    try:
+        args = _config(out_dir, COTSFTConfig, cot_mode="joint", **kw)
+    except (ImportError, ValueError) as err:  # TRL itself may refuse Liger when it is not installed
+        pytest.skip(f"TRL refuses the configuration itself: {err}")
+    with pytest.raises((ValueError, ImportError), match=match):
+        COTSFTTrainer(model=tiny_llama(), args=args, train_dataset=prompt_completion(), processing_class=tokenizer)
+
+
+def test_model_card_has_trl_and_cot_tags_and_the_paper(tokenizer, out_dir):
+    trainer = COTSFTTrainer(model=tiny_llama(), args=_config(out_dir, COTSFTConfig, max_steps=1),
+                            train_dataset=prompt_completion(), processing_class=tokenizer)  # fmt: skip
+    trainer.train()
+    trainer.create_model_card(model_name="tiny")
+    card = open(f"{out_dir}/README.md", encoding="utf-8").read()
+    for tag in ("trl", "sft", "hf-cot", "complement-objective-training"):
+        assert tag in card
+    assert "https://arxiv.org/abs/1903.01182" in card and "## Complement Objective Training" in card
+
+
+def test_a_clear_import_error_without_trl():
+    code = (
+        "import sys; sys.modules['trl'] = None\ntry:\n    import hf_cot.trl\nexcept ImportError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).stdout
+    assert "hf-cot[trl]" in out
