@@ -10,6 +10,8 @@ import os
 
 import pytest
 import torch
+import transformers
+from packaging import version
 from transformers import Trainer, TrainingArguments
 
 from hf_cot import COTTrainer, COTTrainingArguments
@@ -97,6 +99,9 @@ def test_bitsandbytes_copies_keep_8_bit_paged_state():
 
     from hf_cot.complement_step import copy_optimizer
 
+    # bitsandbytes' global per-parameter overrides (the Trainer registers embeddings as 32-bit) are keyed by id(p):
+    # clear them, or a new tensor at a recycled address inherits one.
+    bnb.optim.GlobalOptimManager.get_instance().initialize()
     layer = torch.nn.Linear(64, 32)
     primary = bnb.optim.AdamW(layer.parameters(), lr=1e-3, optim_bits=8, min_8bit_size=16, is_paged=True)
     copy = copy_optimizer(primary, 0.5)
@@ -131,6 +136,8 @@ def test_refused_when_the_trainer_is_built(optim, out_dir):
 
 @pytest.mark.parametrize("optim", REFUSED_RUNNABLE_ON_CPU)
 def test_joint_mode_trains_with_the_refused_ones(optim, out_dir):
+    if optim.endswith("_layerwise") and version.parse(transformers.__version__).major < 5:
+        pytest.skip("transformers 4.x's layer-wise setup fails in the plain Trainer too with torch 2.13 (zip() error)")
     trainer = _train(out_dir, optim, mode="joint", max_steps=2, save_strategy="no")
     assert trainer.state.global_step == 2
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
