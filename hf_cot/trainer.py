@@ -122,7 +122,14 @@ class COTMixin:
         if self.optimizer is not None:  # optimizers=(optimizer, scheduler) given to the constructor
             copy_optimizer(self.optimizer, 1.0)  # the copy the complement step will make: fail now, not at step 1
         elif getattr(self, "optimizer_cls_and_kwargs", None) is not None:
-            check_optimizer_supported(self.optimizer_cls_and_kwargs[0])
+            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
+            check_optimizer_supported(optimizer_cls)
+            try:  # a throw-away instance over one scalar, to try the copy before training
+                trial = optimizer_cls([torch.nn.Parameter(torch.zeros(1))], **optimizer_kwargs)
+            except Exception:  # the parent reports its own error when it builds the real one
+                trial = None
+            if trial is not None:
+                copy_optimizer(trial, 1.0)
         else:  # by name: building the optimizer class here could import packages or register layer-wise hooks
             check_optim_name_supported(self.args.optim)
 

@@ -185,6 +185,12 @@ def test_user_optimizers_that_cannot_be_copied_are_refused_at_construction(make,
     assert "cot_mode='joint'" in str(err.value)
 
 
+def test_optimizer_cls_and_kwargs_that_cannot_be_copied_is_refused_at_construction(out_dir):
+    with pytest.raises(TypeError, match="my_flag"):
+        COTTrainer(model=tiny_bert(), args=_args(out_dir, "adamw_torch"), train_dataset=classification_data(n=8),
+                   optimizer_cls_and_kwargs=(_NeedsExtraArgument, {"my_flag": True, "lr": 0.1}))  # fmt: skip
+
+
 def test_a_user_optimizer_instance_is_copied(out_dir):
     model = tiny_bert()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)

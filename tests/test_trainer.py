@@ -2,6 +2,7 @@
 hand-computed losses, and the parent Trainer."""
 
 import copy
+import dataclasses
 import math
 import os
 
@@ -107,17 +108,9 @@ def test_alternating_differs_from_cross_entropy_alone(out_dir):
 
 def test_off_is_bit_identical_to_the_parent_trainer(out_dir):
     data = classification_data()
-    plain_args = TrainingArguments(
-        output_dir=out_dir,
-        report_to=[],
-        use_cpu=True,
-        save_strategy="no",
-        disable_tqdm=True,
-        per_device_train_batch_size=8,
-        max_steps=3,
-        seed=7,
-        data_seed=7,
-    )
+    # The same arguments as make_args gives the COT trainer, as plain TrainingArguments.
+    fields = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    plain_args = TrainingArguments(**{k: v for k, v in make_args(out_dir).to_dict().items() if k in fields})
     plain = Trainer(model=tiny_bert(), args=plain_args, train_dataset=data)
     plain.train()
     off = train(tiny_bert(), make_args(out_dir, cot_mode="off"), data)

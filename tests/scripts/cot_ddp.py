@@ -99,33 +99,17 @@ def build(name: str, out: str, batch: int, save_steps: int | None):
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    if kind == "bert":
-        rows = classification_data(n=32, num_labels=5)
-        collator = RecordingCollator(rows)
-        trainer = COTTrainer(
-            model=tiny_bert(num_labels=5, seed=0),
-            args=COTTrainingArguments(**common),
-            train_dataset=rows,
-            data_collator=collator,
-        )
-    elif kind == "llama":
-        rows = causal_lm_data(n=24)
-        collator = RecordingCollator(rows)
-        trainer = COTTrainer(
-            model=tiny_llama(seed=0),
-            args=COTTrainingArguments(**common),
-            train_dataset=rows,
-            data_collator=collator,
-        )
-    else:
-        rows = seq2seq_data(n=24)
-        collator = RecordingCollator(rows)
-        trainer = COTSeq2SeqTrainer(
-            model=tiny_marian(seed=0),
-            args=COTSeq2SeqTrainingArguments(**common),
-            train_dataset=rows,
-            data_collator=collator,
-        )
+    # kind -> (rows, model, trainer class, arguments class)
+    rows, model, trainer_cls, args_cls = {
+        "bert": (lambda: classification_data(n=32, num_labels=5), lambda: tiny_bert(num_labels=5, seed=0),
+                 COTTrainer, COTTrainingArguments),
+        "llama": (lambda: causal_lm_data(n=24), lambda: tiny_llama(seed=0), COTTrainer, COTTrainingArguments),
+        "marian": (lambda: seq2seq_data(n=24), lambda: tiny_marian(seed=0), COTSeq2SeqTrainer,
+                   COTSeq2SeqTrainingArguments),
+    }[kind]  # fmt: skip
+    rows = rows()
+    collator = RecordingCollator(rows)
+    trainer = trainer_cls(model=model(), args=args_cls(**common), train_dataset=rows, data_collator=collator)
     return trainer, collator, ga, max_steps
 
 
