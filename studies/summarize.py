@@ -48,6 +48,17 @@ TRANSLATION_KEYS = [
     ("wall_time_s", "wall s", 1),
 ]
 
+# The sft plan (examples/language-modeling/run_sft.py): test-split next-token metrics, greedy BLEU/chrF on 100 verses.
+SFT_KEYS = [
+    ("predict_mean_token_accuracy", "token acc. (%)", 100),
+    ("predict_perplexity", "perplexity", 1),
+    ("predict_complement_entropy", "test H (nats)", 1),
+    ("predict_bleu", "BLEU", 1),
+    ("predict_chrf", "chrF", 1),
+    ("train_runtime", "train s", 1),
+    ("wall_time_s", "wall s", 1),
+]
+
 
 def load_runs(runs_dir: str) -> dict:
     """{plan: {variant: [results per seed]}}"""
@@ -113,6 +124,7 @@ PAIRED_KEYS = {
         *ATTACK_KEYS,
     ],
     "translation": [("predict_bleu", "BLEU", 1), ("predict_chrf", "chrF", 1)],
+    "sft": [k for k in SFT_KEYS if k[0] != "wall_time_s"],
 }
 
 
@@ -255,10 +267,9 @@ def main(argv=None):
     table = load_runs(opts.runs)
     sections, summary = [], {}
     for plan in sorted(table):
-        kind = "translation" if plan == "translation" else "classification"
-        text, summary[plan] = markdown_table(
-            plan, table[plan], TRANSLATION_KEYS if kind == "translation" else CLASSIFICATION_KEYS
-        )
+        kind = plan if plan in ("translation", "sft") else "classification"
+        keys = {"translation": TRANSLATION_KEYS, "sft": SFT_KEYS}.get(kind, CLASSIFICATION_KEYS)
+        text, summary[plan] = markdown_table(plan, table[plan], keys)
         paired = paired_table(table[plan], PAIRED_KEYS[kind])
         sections.append(
             f"### {plan}\n\n{text}\n"
