@@ -53,7 +53,7 @@ def _reference_objective(mode, logits, labels, weight=0.7, alpha=0.25, scale=Non
     return ce, ce
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [*MODES, "off"])  # off: the model's own loss, through the parent Trainer
 @pytest.mark.parametrize("kind", [*ARCHS, "token"])
 def test_step_reports_ce_and_follows_the_objective_on_shifted_or_token_logits(kind, mode, out_dir):
     """-100 prompts and padding; the causal heads compare position t's logits with label t + 1."""
@@ -63,6 +63,7 @@ def test_step_reports_ce_and_follows_the_objective_on_shifted_or_token_logits(ki
     # The reference loss is float64 math on the logits (a float64 BERT forward overflows in transformers 4.x's mask).
     reference = copy.deepcopy(model)
     trainer = COTTrainer(model=model, args=_args(out_dir, cot_mode=mode, complement_weight=0.7, guided_alpha=0.25))
+    trainer.current_gradient_accumulation_steps = 1  # set by train() in the parent; "off" reads it
     reported = trainer.training_step(model, dict(batch))
 
     inputs = {k: v for k, v in batch.items() if k != "labels"}

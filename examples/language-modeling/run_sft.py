@@ -289,7 +289,9 @@ def generate_completions(model, tokenizer, prompts, max_new_tokens, batch_size) 
     outputs = []
     try:
         for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True).to(model.device)
+            batch = tokenizer(
+                prompts[start : start + batch_size], return_tensors="pt", padding=True, return_token_type_ids=False
+            ).to(model.device)
             generated = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
