@@ -312,13 +312,17 @@ def test_fp16_autocast_with_scaler_on_cpu(out_dir):
     assert all("complement_loss" in e for e in trainer.state.log_history if "loss" in e)
 
 
-# A causal LM in bf16 (kept here, with the other bf16 runs: on transformers 4.57 a bf16 CPU run leaves process state
-# that made a later test's LoRA save/reload differ - tests/test_peft.py must not run after it in one process).
+# A causal LM in bf16. On transformers 4.57 this run leaves process state behind that changes later tests' results
+# (test_peft's LoRA reload, test_trainer's GA equalities; each passes alone): skipped there, see the stop note.
 MODES = ["alternating", "joint", "guided"]
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_bf16_causal_lm_trains_finite(mode, out_dir):
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip("transformers 4.x: a bf16 Qwen2 run leaks process state that changes later tests' results")
     trainer = COTTrainer(
         model=tiny_causal_lm("qwen2"),
         args=COTTrainingArguments(
