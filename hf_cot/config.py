@@ -68,6 +68,16 @@ class COTArgumentsMixin:
             With Adam/AdamW a constant scale mostly cancels in the update, so the choice matters most for SGD and
             for `"joint"` mode, where it sets the balance against CE. `"guided"` mode always divides by
             `log(K-1)`, as GCE does.
+
+        > Parameters that control memory
+
+        cot_fused_lm_head (`bool` or `None`, *optional*, defaults to `None`):
+            Compute the cross-entropy and the complement terms of a causal LM from its final hidden states, projecting
+            them through the LM head a chunk of tokens at a time, so that the `[tokens, vocabulary]` logits are never
+            built (as TRL's `SFTTrainer` does for its loss). Training gives the same parameters as with the logits.
+            `None`: on wherever the model qualifies (a causal LM whose head is a plain linear layer on the backbone's
+            last hidden state, no label smoothing, no FSDP/DeepSpeed). `True`: required (an error says why a model
+            does not qualify). `False`: always build the logits.
     """
 
     cot_mode: str = field(
@@ -130,6 +140,19 @@ class COTArgumentsMixin:
             "help": (
                 "Run the complement update of 'alternating' mode on every k-th optimizer step only (cost about "
                 "1 + 1/k of a CE step). The complement learning-rate schedule still advances every step."
+            )
+        },
+    )
+
+    cot_fused_lm_head: bool | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "Compute a causal LM's cross-entropy and complement terms from its final hidden states, chunk by chunk "
+                "through the LM head, never building the [tokens, vocabulary] logits (same parameters as with the "
+                "logits, a fraction of the memory). Default (unset): on wherever the model qualifies (a plain linear "
+                "head on the backbone's last hidden state, no label smoothing, no FSDP/DeepSpeed). true: required "
+                "(error if the model does not qualify). false: always build the logits."
             )
         },
     )

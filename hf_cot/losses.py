@@ -145,6 +145,76 @@ def _chunks(logits: torch.Tensor, chunk: int):
         yield start, end, z_buf[: end - start], e_buf[: end - start]
 
 
+def chunk_sums(logits: torch.Tensor, target: torch.Tensor, z: torch.Tensor, e: torch.Tensor, kernels=None):
+    """Forward statistics of one chunk of ``[m, K]`` logits: ``(M, s, E)`` per row, float32 (see the module docstring).
+
+    ``z`` and ``e`` are float32 ``[m, K]`` work buffers (unused when ``kernels``, the Triton module, is given).
+    """
+    if kernels is not None:
+        return kernels.forward_sums(logits, target, _LOG_Q_FLOOR)
+    row_max = _shifted_chunk(logits, target, z, None)
+    torch.exp(z, out=e)
+    sum_e = e.sum(1)
+    return row_max, sum_e, e.mul_(z).sum(1)
+
+
+def finish_forward(row_max, sum_e, sum_ez, z_g, valid, with_log_pg: bool):
+    """``(H, log s, log p_g)`` per row from the sums of `chunk_sums` (``log p_g`` is None unless ``with_log_pg``).
+
+    ``z_g`` (float32, the target logits) is only read when ``with_log_pg``. Invalid rows give 0.
+    """
+    entropy = sum_ez.div(sum_e).neg_()
+    log_s = sum_e.log()
+    entropy = entropy.add_(log_s).masked_fill_(~valid, 0.0)
+    if not with_log_pg:
+        return entropy, log_s, None
+    log_pg = z_g - torch.logaddexp(row_max + log_s, z_g)
+    # z_g == -inf: p_g == 0 even when every logit is -inf (where logaddexp gives -inf - -inf = NaN).
+    log_pg = log_pg.masked_fill_(z_g == float("-inf"), float("-inf")).masked_fill_(~valid, 0.0)
+    return entropy, log_s, log_pg
+
+
+def grad_coefficients(entropy, log_pg, log_s, valid, grad_entropy, grad_log_pg):
+    """Per-row ``(alpha, beta, at_target)`` of the logits' gradient ``e_k (alpha z'_k + beta)`` (``at_target`` at g).
+
+    dH/dz_k = -q_k (log q_k + H) and d log p_g / dz_k = -p_k = -q_k (1 - p_g) for k != g, so the gradient is
+    q_k (a log q_k + b) off the target with a = -g_H, b = -(g_H H + g_lp (1 - p_g)); at the target it is
+    g_lp (1 - p_g) (H does not depend on z_g). With q_k = e_k / s and log q_k = z'_k - log s this is
+    e_k (alpha z'_k + beta) with alpha = a / s, beta = (b - a log s) / s.
+    """
+    n = entropy.shape[0]
+    g_h = entropy.new_zeros(n) if grad_entropy is None else grad_entropy.to(torch.float32).masked_fill(~valid, 0.0)
+    a = g_h.neg()
+    b = a * entropy
+    at_target = entropy.new_zeros(n)
+    if grad_log_pg is not None:
+        at_target = grad_log_pg.to(torch.float32).masked_fill(~valid, 0.0) * (-torch.expm1(log_pg))
+        b = b - at_target
+    inv_s = log_s.neg().exp_()
+    alpha = (a * inv_s).masked_fill_(~valid, 0.0)
+    beta = ((b - a * log_s) * inv_s).masked_fill_(~valid, 0.0)
+    return alpha, beta, at_target
+
+
+def chunk_grad(logits, target, row_max, alpha, beta, at_target, z, e, out, kernels=None) -> torch.Tensor:
+    """The gradient of one chunk of ``[m, K]`` logits, written into ``out`` (returned; a new tensor with ``kernels``).
+
+    ``alpha``, ``beta``, ``at_target``: ``[m]`` from `grad_coefficients`; ``z``, ``e``: float32 work buffers.
+    """
+    if kernels is not None:
+        return kernels.backward_grad(logits, target, row_max, alpha, beta, at_target, _LOG_Q_FLOOR)
+    alpha, beta = alpha.unsqueeze(1), beta.unsqueeze(1)
+    _shifted_chunk(logits, target, z, row_max)
+    torch.exp(z, out=e)
+    if logits.shape[1] >= 64:  # two plain broadcast ops beat addcmul on long rows (and lose to it on short ones)
+        z.mul_(alpha).add_(beta)
+    else:
+        torch.addcmul(beta, z, alpha, out=z)
+    torch.mul(z, e, out=out)
+    out.scatter_(1, target.unsqueeze(1), at_target.unsqueeze(1).to(out.dtype))
+    return out
+
+
 class _ComplementEntropyFunction(torch.autograd.Function):
     """Row-wise complement entropy ``H`` and ground-truth log-probability ``log p_g`` of ``[N, K]`` logits.
 
@@ -154,8 +224,7 @@ class _ComplementEntropyFunction(torch.autograd.Function):
     * ``q_j = e_j / s``, ``log q_j = z'_j - log s``, so ``H = -sum q log q = log s - E / s``;
     * ``L = logsumexp_{j != g} z_j = M + log s`` and ``log p_g = z_g - logaddexp(L, z_g)`` (only when
       ``with_log_pg``), which lets GCE use the same single pass (no full-vocabulary log-softmax);
-    * the gradient ``q_k (a log q_k + b)`` (see ``backward``) is ``e_k (alpha z'_k + beta)`` with per-row
-      ``alpha = a / s``, ``beta = (b - a log s) / s``.
+    * the gradient (`grad_coefficients`) is ``e_k (alpha z'_k + beta)`` with per-row ``alpha``, ``beta``.
 
     Per chunk of rows two float32 work buffers are reused; the backward recomputes ``z'`` and ``e`` from the logits
     (saved: only ``M`` and ``log s`` per row) and writes straight into the one logits-sized gradient buffer.
@@ -173,19 +242,12 @@ class _ComplementEntropyFunction(torch.autograd.Function):
             sum_e = logits.new_empty(n, dtype=torch.float32)
             sum_ez = logits.new_empty(n, dtype=torch.float32)
             for start, end, z, e in _chunks(logits, chunk):
-                row_max[start:end] = _shifted_chunk(logits[start:end], target[start:end], z, None)
-                torch.exp(z, out=e)
-                torch.sum(e, 1, out=sum_e[start:end])
-                torch.sum(e.mul_(z), 1, out=sum_ez[start:end])
-        entropy = sum_ez.div_(sum_e).neg_()
-        log_s = sum_e.log_()
-        entropy = entropy.add_(log_s).masked_fill_(~valid, 0.0)
-        if with_log_pg:
-            z_g = logits.gather(1, target.unsqueeze(1)).squeeze(1).float()
-            log_pg = z_g - torch.logaddexp(row_max + log_s, z_g)
-            # z_g == -inf: p_g == 0 even when every logit is -inf (where logaddexp gives -inf - -inf = NaN).
-            log_pg = log_pg.masked_fill_(z_g == float("-inf"), float("-inf")).masked_fill_(~valid, 0.0)
-        else:
+                sums = chunk_sums(logits[start:end], target[start:end], z, e)
+                for total, part in zip((row_max, sum_e, sum_ez), sums, strict=True):
+                    total[start:end] = part
+        z_g = logits.gather(1, target.unsqueeze(1)).squeeze(1).float() if with_log_pg else None
+        entropy, log_s, log_pg = finish_forward(row_max, sum_e, sum_ez, z_g, valid, with_log_pg)
+        if log_pg is None:
             log_pg = entropy.new_zeros(n)
             ctx.mark_non_differentiable(log_pg)
         ctx.save_for_backward(logits, target, valid, entropy, log_pg, row_max, log_s)
@@ -198,36 +260,24 @@ class _ComplementEntropyFunction(torch.autograd.Function):
         logits, target, valid, entropy, log_pg, row_max, log_s = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None
-        n, k = logits.shape
-        chunk = ctx.chunk
-        # dH/dz_k = -q_k (log q_k + H) and d log p_g / dz_k = -p_k = -q_k (1 - p_g) for k != g, so the gradient
-        # is q_k (a log q_k + b) off the target with a = -g_H, b = -(g_H H + g_lp (1 - p_g)); at the target it is
-        # g_lp (1 - p_g) (H does not depend on z_g).
-        g_h = entropy.new_zeros(n) if grad_entropy is None else grad_entropy.to(torch.float32).masked_fill(~valid, 0.0)
-        a = g_h.neg()
-        b = a * entropy
-        at_target = entropy.new_zeros(n)
-        if grad_log_pg is not None:
-            at_target = grad_log_pg.to(torch.float32).masked_fill(~valid, 0.0) * (-torch.expm1(log_pg))
-            b = b - at_target
-        inv_s = log_s.neg().exp_()
-        alpha = (a * inv_s).masked_fill_(~valid, 0.0)
-        beta = ((b - a * log_s) * inv_s).masked_fill_(~valid, 0.0)
+        alpha, beta, at_target = grad_coefficients(entropy, log_pg, log_s, valid, grad_entropy, grad_log_pg)
         if ctx.kernels is not None:
             grad_logits = ctx.kernels.backward_grad(logits, target, row_max, alpha, beta, at_target, _LOG_Q_FLOOR)
             return grad_logits, None, None, None, None
-        alpha, beta, at_target = alpha.unsqueeze(1), beta.unsqueeze(1), at_target.unsqueeze(1)
         grad_logits = torch.empty_like(logits, memory_format=torch.contiguous_format)
-        for start, end, z, e in _chunks(logits, chunk):
-            _shifted_chunk(logits[start:end], target[start:end], z, row_max[start:end])
-            torch.exp(z, out=e)
-            if k >= 64:  # two plain broadcast ops beat addcmul on long rows (and lose to it on short ones)
-                z.mul_(alpha[start:end]).add_(beta[start:end])
-            else:
-                torch.addcmul(beta[start:end], z, alpha[start:end], out=z)
-            out = grad_logits[start:end]
-            torch.mul(z, e, out=out)
-            out.scatter_(1, target[start:end].unsqueeze(1), at_target[start:end].to(out.dtype))
+        for start, end, z, e in _chunks(logits, ctx.chunk):
+            rows = slice(start, end)
+            chunk_grad(
+                logits[rows],
+                target[rows],
+                row_max[rows],
+                alpha[rows],
+                beta[rows],
+                at_target[rows],
+                z,
+                e,
+                grad_logits[rows],
+            )
         return grad_logits, None, None, None, None
 
 

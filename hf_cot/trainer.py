@@ -4,6 +4,7 @@
 
 * `hf_cot.losses`: the loss math (tensors in, tensors out);
 * `hf_cot.modeling`: heads, labels, logits alignment (shared with `evaluate_complement_entropy`);
+* `hf_cot.fused_lm_head`: causal LMs' terms from their hidden states, without the logits (`cot_fused_lm_head`);
 * `hf_cot.complement_step`: the alternating mode's second optimizer, its scheduler, its step and checkpoint files;
 * `hf_cot.model_card`: tags, paper, card section.
 
@@ -30,9 +31,11 @@ import warnings
 import torch
 import torch.nn.functional as F
 from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
+from transformers.utils import logging
 
 from .complement_step import ComplementStep, check_optim_name_supported, check_optimizer_supported, copy_optimizer
 from .config import COTArgumentsMixin
+from .fused_lm_head import fused_lm_head_problem, install_fused_lm_head
 from .losses import (
     check_label_range,
     complement_entropy,
@@ -43,6 +46,8 @@ from .losses import (
 )
 from .model_card import PAPER, TAGS, add_cot_section, merge_tags
 from .modeling import aligned_logits, check_model_head, count_valid, shifts_labels, single_label_name, split_labels
+
+logger = logging.get_logger(__name__)
 
 
 class _ComplementStepCallback(TrainerCallback):
@@ -84,6 +89,8 @@ class COTMixin:
         self._cot_eval_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._cot_eval_sums: list | None = None
         self._cot_eval_counts: list | None = None
+        self._cot_fused = False  # causal LMs: terms from the hidden states, never the logits (cot_fused_lm_head)
+        self._cot_eval_wants_logits = False
         if self.cot_mode == "off":
             return
         if self.compute_loss_func is not None:
@@ -102,6 +109,7 @@ class COTMixin:
                 stacklevel=2,
             )
         self._set_loss_is_scaled_for_ga()
+        self._cot_fused = self._resolve_fused_lm_head()
         if self.cot_mode == "alternating":
             # Added last so that gradient monitors registered before see the CE gradients.
             self.add_callback(_ComplementStepCallback(self))
@@ -133,6 +141,26 @@ class COTMixin:
         else:  # by name: building the optimizer class here could import packages or register layer-wise hooks
             check_optim_name_supported(self.args.optim)
 
+    def _resolve_fused_lm_head(self) -> bool:
+        requested = self.args.cot_fused_lm_head
+        if requested is False:
+            return False
+        distributed = "DeepSpeed" if self.is_deepspeed_enabled else "FSDP" if self.is_fsdp_enabled else None
+        problem = fused_lm_head_problem(
+            self.model, label_smoothing=self.args.label_smoothing_factor, distributed=distributed
+        )
+        if problem is None:
+            install_fused_lm_head(self.model)
+            return True
+        if requested:
+            raise ValueError(
+                f"cot_fused_lm_head=True cannot be used: {problem}. Set --cot_fused_lm_head false, or leave it unset "
+                "to build the logits wherever the fused head does not apply."
+            )
+        if shifts_labels(self.model):
+            logger.info(f"cot_fused_lm_head: building the logits ({problem})")
+        return False
+
     def _set_loss_is_scaled_for_ga(self) -> None:
         # Our loss is already normalized by the valid labels of the whole window (see compute_loss).
         if hasattr(Trainer, "loss_is_scaled_for_ga"):
@@ -154,7 +182,7 @@ class COTMixin:
         logits, labels = aligned_logits(outputs, labels, shifts_labels(self.model))
         return outputs, logits, labels
 
-    def _loss_denominator(self, labels: torch.Tensor) -> torch.Tensor:
+    def _loss_denominator(self, num_valid: torch.Tensor) -> torch.Tensor:
         """Valid labels the summed loss is divided by.
 
         In training: all valid labels of the accumulation window on all processes, divided by the number of processes
@@ -163,7 +191,7 @@ class COTMixin:
         """
         if self._cot_in_training_step and self._cot_window_count is not None:
             return self._window_denominator()
-        return (labels != -100).sum().clamp(min=1)
+        return num_valid.clamp(min=1)
 
     def _window_denominator(self) -> torch.Tensor:
         return self._cot_window_count.clamp(min=1) / self.accelerator.num_processes
@@ -203,8 +231,11 @@ class COTMixin:
             return super().compute_loss(
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
             )
+        if self._cot_fused and (self._cot_in_training_step or not self._cot_eval_wants_logits):
+            loss, outputs = self._fused_loss(model, inputs)
+            return (loss, outputs) if return_outputs else loss
         outputs, logits, labels = self._forward(model, inputs)
-        denominator = self._loss_denominator(labels)
+        denominator = self._loss_denominator((labels != -100).sum())
         num_classes = logits.shape[-1]
         flat_logits, flat_labels = logits.reshape(-1, num_classes), labels.reshape(-1)
         if not self._cot_in_training_step:  # evaluation / prediction: CE, and the complement entropy to report
@@ -237,6 +268,37 @@ class COTMixin:
             loss = loss + (ce_sum.detach() / denominator - loss.detach())
         return (loss, outputs) if return_outputs else loss
 
+    def _fused_forward(self, model, inputs: dict):
+        labels, model_inputs = split_labels(self.model, inputs, self._label_name)
+        return model(**model_inputs, labels=labels, cot_fused_lm_head=True)
+
+    def _fused_loss(self, model, inputs: dict):
+        """`compute_loss` for the fused LM head: the same objective from per-token ``H`` and ``log p_g``."""
+        outputs = self._fused_forward(model, inputs)
+        entropy, log_pg, valid = outputs.complement_entropy, outputs.log_probs, outputs.valid
+        denominator = self._loss_denominator(valid.sum())
+        ce_sum = -log_pg.sum()  # log p_g is 0 at ignored positions
+        if not self._cot_in_training_step:
+            self._cot_eval_batch = (entropy.detach().sum(1), valid.sum(1))
+            return ce_sum.detach() / denominator, outputs
+        objective_sum = ce_sum
+        if self.cot_mode == "guided":
+            flat = (entropy.reshape(-1), log_pg.reshape(-1), valid.reshape(-1))
+            objective_sum = guided_rows(*flat, outputs.vocab_size, self.args.guided_alpha).sum()
+            ce_sum = ce_sum.detach()
+            self._record_training("complement_entropy", entropy.detach().sum() / denominator)
+            self._record_training("complement_loss", objective_sum.detach() / denominator)
+        elif self.cot_mode == "joint":
+            entropy_sum = entropy.sum()
+            scale = complement_normalizer(outputs.vocab_size, self.args.complement_normalization)
+            objective_sum = ce_sum - self.args.complement_weight * entropy_sum / scale
+            self._record_training("complement_entropy", entropy_sum.detach() / denominator)
+            self._record_training("complement_loss", -entropy_sum.detach() / scale / denominator)
+        loss = objective_sum / denominator
+        if objective_sum is not ce_sum:  # the value of the CE, the gradient of the objective (see compute_loss)
+            loss = loss + (ce_sum.detach() / denominator - loss.detach())
+        return loss, outputs
+
     def _cross_entropy_sum(self, flat_logits: torch.Tensor, flat_labels: torch.Tensor) -> torch.Tensor:
         # label_smoothing as the Trainer's LabelSmoother applies it ((1 - eps) NLL + eps * mean over classes).
         return F.cross_entropy(
@@ -264,6 +326,9 @@ class COTMixin:
         def entropy_fn(inputs):
             inputs = self._prepare_inputs(inputs)
             with self.compute_loss_context_manager():
+                if self._cot_fused:
+                    outputs = self._fused_forward(self.model_wrapped, inputs)
+                    return outputs.complement_entropy.sum(), outputs.vocab_size
                 _, logits, labels = self._forward(self.model_wrapped, inputs)
                 return complement_entropy(logits, labels, reduction="sum"), logits.shape[-1]
 
@@ -307,6 +372,7 @@ class COTMixin:
         if self.cot_mode == "off":
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys, **gen_kwargs)
         self._cot_eval_batch = None
+        self._cot_eval_wants_logits = not prediction_loss_only  # else the fused head can serve the loss
         # Seq2SeqTrainer with predict_with_generate computes its loss with its own forward (labels passed), not
         # through compute_loss: read that forward's logits instead of running another one.
         capture = (

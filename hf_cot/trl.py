@@ -9,12 +9,13 @@ What TRL does differently from `Trainer` (read on TRL 1.16.0), and how the COT m
 
 * Loss: TRL runs the model with `fused_lm_head=True` (a patched forward that never builds the `[tokens, vocab]` logits)
   and divides the summed NLL of the shifted labels by `num_items_in_batch` (the tokens of the whole accumulation
-  window on all ranks), times the number of processes. The COT modes need the complement of every token, so they
-  run the model's ordinary forward (full logits; the fused complement head is future work) and normalize by the same
-  window count: the reported `loss` is the same number TRL reports.
+  window on all ranks), times the number of processes. The COT modes use their own fused head in its place
+  (`hf_cot.fused_lm_head`, `cot_fused_lm_head`: one chunked pass gives the NLL, the complement entropy and TRL's
+  metrics, never the full logits) and normalize by the same window count: the reported `loss` is the number TRL
+  reports.
 * Metrics: TRL logs `entropy` (of the full softmax), `mean_token_accuracy` and `num_tokens`, computed from its fused
-  head. The COT modes compute the same three from the logits they already have, next to `complement_loss` /
-  `complement_entropy`.
+  head. The COT modes compute the same three from theirs (or from the logits where the fused head does not apply),
+  next to `complement_loss` / `complement_entropy`.
 * Everything else - datasets (prompt/completion, conversational, completion-only and assistant-only loss via `-100`
   labels), packing and padding-free batches, PEFT, the model card with TRL's tags - is `SFTTrainer`'s own.
 
@@ -36,6 +37,7 @@ except ImportError as err:  # pragma: no cover - exercised in a subprocess witho
 import torch
 
 from .config import COTArgumentsMixin
+from .fused_lm_head import FusedCOTOutput
 from .model_card import TAGS
 from .modeling import aligned_logits, shifts_labels
 from .trainer import COTMixin
@@ -83,13 +85,17 @@ class COTSFTTrainer(COTMixin, trl.SFTTrainer):
 
     @torch.no_grad()
     def _log_trl_metrics(self, mode: str, outputs, inputs: dict) -> None:
-        """TRL's `entropy`, `mean_token_accuracy` and `num_tokens`, from the full logits (sft_trainer.py, TRL 1.16)."""
-        logits, labels = aligned_logits(outputs, inputs[self._label_name], shifts_labels(self.model))
-        valid = labels != -100
-        logits = logits.float()
-        log_p = torch.log_softmax(logits, dim=-1)
-        entropy = -(log_p.exp() * log_p).sum(-1)
-        correct = (logits.argmax(-1) == labels) & valid
+        """TRL's `entropy`, `mean_token_accuracy` and `num_tokens` (sft_trainer.py, TRL 1.16), from the fused head's
+        per-token terms or from the full logits."""
+        if isinstance(outputs, FusedCOTOutput):
+            valid, entropy, correct = outputs.valid, outputs.entropy, outputs.is_top1
+        else:
+            logits, labels = aligned_logits(outputs, inputs[self._label_name], shifts_labels(self.model))
+            valid = labels != -100
+            logits = logits.float()
+            log_p = torch.log_softmax(logits, dim=-1)
+            entropy = -(log_p.exp() * log_p).sum(-1)
+            correct = (logits.argmax(-1) == labels) & valid
         gather = self.accelerator.gather_for_metrics
         num_valid = gather(valid.sum()).sum()
         entropy_sum = gather(entropy.masked_fill(~valid, 0.0).sum()).sum()
