@@ -86,3 +86,24 @@ def test_unknown_kernel_mode_is_refused(kernel_mode):
     kernel_mode("yes")
     with pytest.raises(ValueError, match="HF_COT_TRITON"):
         complement_entropy(torch.randn(2, 4, device=DEVICE), torch.tensor([0, 1], device=DEVICE))
+
+
+@pytest.mark.parametrize("num_classes", [37, 5000])
+def test_fused_lm_head_runs_the_kernels_on_each_chunk(num_classes, kernel_mode):
+    """`linear_complement_terms` feeds each chunk's logits to the same kernels: Triton == eager, values and gradients."""
+    from hf_cot.linear_losses import linear_complement_terms
+
+    g = torch.Generator().manual_seed(num_classes)
+    hidden = torch.randn(11, 8, generator=g).to(DEVICE)
+    weight = torch.randn(num_classes, 8, generator=g).to(DEVICE)
+    labels = torch.randint(0, num_classes, (11,), generator=g).to(DEVICE)
+    labels[3] = -100
+    results = []
+    for mode in ("0", "force"):
+        kernel_mode(mode)
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        t = linear_complement_terms(h, w, labels, chunk_size=4)
+        (t["complement_entropy"].sum() - 0.5 * t["log_probs"].sum()).backward()
+        results.append((t["complement_entropy"].detach(), t["log_probs"].detach(), h.grad, w.grad))
+    for eager, triton in zip(*results, strict=True):
+        torch.testing.assert_close(triton, eager, atol=1e-5, rtol=1e-5)

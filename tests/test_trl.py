@@ -83,6 +83,7 @@ def test_cot_modes_report_what_sft_trainer_reports(tokenizer, out_dir, mode, ga)
     plain, cot = _pair(out_dir, tokenizer, mode, optim="sgd", learning_rate=0.0, gradient_accumulation_steps=ga)
     plain.train()
     cot.train()
+    assert cot._cot_fused  # the COT modes' own fused head in place of TRL's: no [tokens, vocabulary] logits
     got, want = _lines(cot), _lines(plain)
     assert len(got) == len(want) == 3
     for g, w in zip(got, want, strict=True):
@@ -103,6 +104,31 @@ def test_packing_reports_what_sft_trainer_reports(tokenizer, out_dir):
     plain.train()
     cot.train()
     for g, w in zip(_lines(cot), _lines(plain), strict=True):
+        for key in METRICS:
+            assert g[key] == pytest.approx(w[key], abs=1e-5), (key, g, w)
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_fused_head_trains_like_the_materialized_logits(tokenizer, out_dir, packing):
+    """The same weights and the same TRL metrics after training with cot_fused_lm_head on and off."""
+    runs = [
+        COTSFTTrainer(
+            model=tiny_llama(),
+            args=_config(
+                f"{out_dir}/{fused}", COTSFTConfig, learning_rate=3e-3, packing=packing, cot_fused_lm_head=fused
+            ),
+            train_dataset=prompt_completion(),
+            processing_class=tokenizer,
+        )  # fmt: skip
+        for fused in (None, False)
+    ]
+    for trainer in runs:
+        trainer.train()
+    fused, plain = runs
+    assert fused._cot_fused and not plain._cot_fused
+    for p, q in zip(fused.model.parameters(), plain.model.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5, rtol=0)
+    for g, w in zip(_lines(fused), _lines(plain), strict=True):
         for key in METRICS:
             assert g[key] == pytest.approx(w[key], abs=1e-5), (key, g, w)
 
