@@ -24,6 +24,7 @@ _LAZY = {
     "complement_objective": "losses",
     "complement_normalizer": "losses",
     "guided_complement_entropy": "losses",
+    "linear_complement_entropy": "linear_losses",
     "evaluate_complement_entropy": "evaluation",
 }
 
@@ -39,12 +40,14 @@ __all__ = [
     "complement_objective",
     "complement_normalizer",
     "guided_complement_entropy",
+    "linear_complement_entropy",
     "evaluate_complement_entropy",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names resolve in __getattr__
     from .config import COT_MODES, COTArgumentsMixin, COTSeq2SeqTrainingArguments, COTTrainingArguments
     from .evaluation import evaluate_complement_entropy
+    from .linear_losses import linear_complement_entropy
     from .losses import complement_entropy, complement_normalizer, complement_objective, guided_complement_entropy
     from .trainer import COTMixin, COTSeq2SeqTrainer, COTTrainer
 

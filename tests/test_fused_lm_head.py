@@ -67,6 +67,16 @@ def test_fused_training_equals_the_materialized_logits(kind, mode, tmp_path):
     _assert_logs_close(_logs(fused), _logs(plain))
 
 
+def test_gradient_checkpointing_through_the_backbone(tmp_path):
+    data = causal_lm_data(n=8, seed=6)
+    model = _tiny("llama")
+    kw = dict(cot_mode="joint", gradient_checkpointing=True)
+    fused = _train(copy.deepcopy(model), tmp_path / "f", data, **kw)
+    plain = _train(model, tmp_path / "m", data, cot_fused_lm_head=False, **kw)
+    assert fused._cot_fused
+    assert max_param_diff(fused.model, plain.model) <= 1e-5
+
+
 @pytest.mark.parametrize("kind", ["gemma2", "cohere"])
 def test_soft_capping_and_logit_scale_are_applied(kind, tmp_path):
     model = _tiny(kind)

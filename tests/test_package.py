@@ -17,6 +17,7 @@ def test_loss_imports_do_not_load_transformers():
         "import sys\n"
         "import hf_cot.losses\n"
         "from hf_cot import complement_entropy, guided_complement_entropy, complement_objective\n"
+        "from hf_cot import linear_complement_entropy\n"
         "assert 'transformers' not in sys.modules, 'the loss functions imported transformers'\n"
         "from hf_cot import COTTrainer\n"  # and a trainer still resolves, loading it on demand
         "assert 'transformers' in sys.modules\n"
