@@ -323,22 +323,8 @@ def test_bf16_causal_lm_trains_finite(mode, out_dir):
 
     if int(transformers.__version__.split(".")[0]) < 5:
         pytest.skip("transformers 4.x: a bf16 Qwen2 run leaks process state that changes later tests' results")
-    trainer = COTTrainer(
-        model=tiny_causal_lm("qwen2"),
-        args=COTTrainingArguments(
-            output_dir=out_dir,
-            report_to=[],
-            use_cpu=True,
-            save_strategy="no",
-            disable_tqdm=True,
-            per_device_train_batch_size=8,
-            max_steps=3,
-            logging_steps=1,
-            cot_mode=mode,
-            bf16=True,
-        ),
-        train_dataset=causal_lm_data(),
-    )
+    args = _args(out_dir, cot_mode=mode, bf16=True, optim="adamw_torch", learning_rate=5e-5, lr_scheduler_type="linear")
+    trainer = COTTrainer(model=tiny_causal_lm("qwen2"), args=args, train_dataset=causal_lm_data())
     trainer.train()
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert all(math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h)
