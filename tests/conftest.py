@@ -21,6 +21,17 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Undo what a test writes into os.environ. transformers 4.x's `TrainingArguments(bf16=True)` sets
+    ACCELERATE_MIXED_PRECISION=bf16 and no later `TrainingArguments` resets it, so every later Trainer in the process
+    ran under bf16 autocast (test_peft's LoRA reload 1e-3 off, test_trainer's GA equalities broken)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture
 def out_dir(tmp_path):
     return str(tmp_path / "out")

@@ -319,10 +319,6 @@ MODES = ["alternating", "joint", "guided"]
 
 @pytest.mark.parametrize("mode", MODES)
 def test_bf16_causal_lm_trains_finite(mode, out_dir):
-    import transformers
-
-    if int(transformers.__version__.split(".")[0]) < 5:
-        pytest.skip("transformers 4.x: a bf16 Qwen2 run leaks process state that changes later tests' results")
     args = _args(out_dir, cot_mode=mode, bf16=True, optim="adamw_torch", learning_rate=5e-5, lr_scheduler_type="linear")
     trainer = COTTrainer(model=tiny_causal_lm("qwen2"), args=args, train_dataset=causal_lm_data())
     trainer.train()
