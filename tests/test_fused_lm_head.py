@@ -172,3 +172,13 @@ def _no_warning():
     import contextlib
 
     return contextlib.nullcontext()
+
+
+def test_sharded_or_quantized_heads_are_named():
+    model = _tiny("llama")
+    assert "FSDP shards the head's weight" in fused_lm_head_problem(model, distributed="FSDP")
+    assert fused_lm_head_problem(model) is None
+    model.lm_head = torch.nn.utils.parametrize.register_parametrization(
+        model.lm_head, "weight", torch.nn.Identity()
+    )  # a head whose weight is computed: not a plain nn.Linear any more
+    assert "not a plain torch.nn.Linear" in fused_lm_head_problem(model)
