@@ -33,19 +33,21 @@ __all__ = ["linear_complement_entropy", "linear_complement_terms"]
 # torch.addmm(..., out_dtype=torch.float32) from half-precision operands (CUDA, torch >= 2.8)
 _MM_OUT_DTYPE = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 8)
 
-# Rows per chunk: about this many logits (float32: 64 MiB per work buffer, three live at once) ...
-_CHUNK_ELEMENTS = 1 << 24
-# ... but never fewer rows than this: every chunk reads the whole [V, d] weight, so the projection needs enough rows
-# per chunk to stay compute-bound (CPU, N x d x V = 1024 x 256 x 128k: 64-row chunks 1.19x the time of 256-row ones).
+# Rows per chunk: about this many logits (float32: 16 MiB per work buffer, two live at once, three with soft-capping)
+_CHUNK_ELEMENTS = 1 << 22
+# ... but never fewer rows than this, nor than d / 4: every chunk reads the whole [V, d] weight and its weight-gradient
+# GEMM has the chunk's rows as inner dimension, so a chunk needs enough rows to stay compute-bound (CPU sweep in
+# BENCHMARKS.md: at d = 256, 128 rows cost 1.11-1.14x the time of the logits path; at d = 1024, 128 rows 1.58x and
+# 256 rows 1.35x).
 _MIN_CHUNK_ROWS = 128
 
 
-def _chunk_rows(num_rows: int, vocab: int, chunk_size: int | None) -> int:
+def _chunk_rows(hidden_size: int, vocab: int, chunk_size: int | None) -> int:
     if chunk_size is not None:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
         return chunk_size
-    return max(_MIN_CHUNK_ROWS, _CHUNK_ELEMENTS // vocab)
+    return max(_MIN_CHUNK_ROWS, hidden_size // 4, _CHUNK_ELEMENTS // vocab)
 
 
 def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
@@ -69,11 +71,14 @@ class _Head:
     def logits(self, hidden_chunk: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """``out`` (float32 ``[m, V]``) := the transformed logits of ``hidden_chunk``."""
         h = hidden_chunk.to(self.compute_dtype)
+        # float32: the GEMM writes straight into the work buffer; half precision: one rounding to float32 after it
+        target = out if self.compute_dtype == torch.float32 else None
         if self.bias is not None:
-            projected = torch.addmm(self.bias, h, self.weight.t())
+            projected = torch.addmm(self.bias, h, self.weight.t(), out=target)
         else:
-            projected = torch.mm(h, self.weight.t())
-        out.copy_(projected)  # one rounding to float32 when the projection ran in bf16/fp16
+            projected = torch.mm(h, self.weight.t(), out=target)
+        if target is None:
+            out.copy_(projected)
         if self.logit_scale != 1.0:
             out.mul_(self.logit_scale)
         if self.softcap is not None:
@@ -100,13 +105,14 @@ class _LinearComplementFunction(torch.autograd.Function):
         head = _Head(weight, bias, _compute_dtype(hidden), logit_scale, softcap)
         row_max = hidden.new_empty(n, dtype=torch.float32)
         sum_e, sum_ez, z_g = torch.empty_like(row_max), torch.empty_like(row_max), torch.empty_like(row_max)
-        buffers = _buffers(hidden, n, vocab, chunk)
+        buffers = _buffers(hidden, n, vocab, chunk, count=2)
         kernels = _triton_kernels(hidden)
         with torch.autocast(hidden.device.type, enabled=False):
-            for rows, logits, z, e in _row_chunks(n, chunk, buffers):
+            for rows, logits, e in _row_chunks(n, chunk, buffers):
                 head.logits(hidden[rows], logits)
                 z_g[rows] = logits.gather(1, target[rows].unsqueeze(1)).squeeze(1)
-                sums = chunk_sums(logits, target[rows], z, e, kernels)
+                # the logits are not needed after this chunk's sums: their buffer is the work buffer z
+                sums = chunk_sums(logits, target[rows], logits, e, kernels)
                 for total, part in zip((row_max, sum_e, sum_ez), sums, strict=True):
                     total[rows] = part
         entropy, log_s, log_pg = finish_forward(row_max, sum_e, sum_ez, z_g, valid, with_log_pg=True)
@@ -137,12 +143,16 @@ class _LinearComplementFunction(torch.autograd.Function):
         )
         grad_weight = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if needs_weight else None
         grad_bias = torch.zeros(vocab, device=weight.device, dtype=torch.float32) if needs_bias else None
-        buffers = _buffers(hidden, n, vocab, ctx.chunk)
+        # soft-capping needs the logits after their gradient is computed (a third buffer); otherwise the gradient
+        # overwrites them in place
+        keep_logits = ctx.softcap is not None
+        buffers = _buffers(hidden, n, vocab, ctx.chunk, count=3 if keep_logits else 2)
         kernels = _triton_kernels(hidden)
         with torch.autocast(hidden.device.type, enabled=False):
-            for rows, logits, z, e in _row_chunks(n, ctx.chunk, buffers):
+            for rows, logits, e, *rest in _row_chunks(n, ctx.chunk, buffers):
                 head.logits(hidden[rows], logits)
                 coefficients = (alpha[rows], beta[rows], at_target[rows])
+                z = rest[0] if keep_logits else logits
                 grad = chunk_grad(logits, target[rows], row_max[rows], *coefficients, z, e, z, kernels)
                 grad = head.grad_projection(grad, logits)
                 if grad_bias is not None:
@@ -169,10 +179,11 @@ def _addmm_float32(acc: torch.Tensor, grad: torch.Tensor, grad_c: torch.Tensor, 
         acc.addmm_(grad.t(), hidden.float())
 
 
-def _buffers(hidden: torch.Tensor, n: int, vocab: int, chunk: int):
-    """Three float32 ``[chunk, V]`` work buffers: the chunk's logits, and `chunk_sums`' / `chunk_grad`'s two."""
+def _buffers(hidden: torch.Tensor, n: int, vocab: int, chunk: int, count: int):
+    """``count`` float32 ``[chunk, V]`` work buffers: the chunk's logits (then `chunk_sums`' / `chunk_grad`'s ``z``),
+    ``e``, and with soft-capping a separate ``z``."""
     rows = max(1, min(chunk, n))
-    return tuple(hidden.new_empty(rows, vocab, dtype=torch.float32) for _ in range(3))
+    return tuple(hidden.new_empty(rows, vocab, dtype=torch.float32) for _ in range(count))
 
 
 def _row_chunks(n: int, chunk: int, buffers):
@@ -232,7 +243,7 @@ def linear_complement_terms(
     rows = valid.nonzero().squeeze(1)
     picked = flat_hidden.index_select(0, rows)
     target = flat_labels.index_select(0, rows)
-    chunk = _chunk_rows(picked.shape[0], vocab, chunk_size)
+    chunk = _chunk_rows(hidden.shape[-1], vocab, chunk_size)
     outputs = _LinearComplementFunction.apply(
         picked,
         weight,
@@ -282,7 +293,7 @@ def linear_complement_entropy(
         weight: ``[V, d]`` head weight (``lm_head.weight``); ``bias``: ``[V]`` or None.
         labels: ``[...]`` class indices; ``ignore_index`` positions contribute nothing.
         reduction: ``"mean"`` over valid positions, ``"sum"`` or ``"none"`` (shape ``[...]``).
-        chunk_size: rows projected at a time (default: about 16M logits per chunk, at least 128 rows).
+        chunk_size: rows projected at a time (default: about 4M logits per chunk, at least max(128, d / 4) rows).
         logit_scale, final_logit_softcapping: the model's logit transform ``cap * tanh(scale * y / cap)``.
 
     Returns:
