@@ -319,7 +319,9 @@ MODES = ["alternating", "joint", "guided"]
 
 @pytest.mark.parametrize("mode", MODES)
 def test_bf16_causal_lm_trains_finite(mode, out_dir):
-    args = _args(out_dir, cot_mode=mode, bf16=True, optim="adamw_torch", learning_rate=5e-5, lr_scheduler_type="linear")
+    args = _args(
+        out_dir, cot_mode=mode, bf16=True, optim="adamw_torch", learning_rate=5e-5, lr_scheduler_type="linear"
+    )
     trainer = COTTrainer(model=tiny_causal_lm("qwen2"), args=args, train_dataset=causal_lm_data())
     trainer.train()
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
