@@ -111,11 +111,13 @@ def install_fused_lm_head(model) -> None:
         # Looked up on every call: PEFT injects its layers into the backbone after installation.
         hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
         head = self.get_output_embeddings()
-        weight = head.weight
-        if type(weight) is not torch.nn.Parameter and type(weight) is not torch.Tensor:
+        weight = getattr(head, "weight", None)
+        # Checked again per call: the head may have been wrapped (PEFT, sharding) after the trainer was built.
+        if type(head) is not torch.nn.Linear or type(weight) not in (torch.nn.Parameter, torch.Tensor):
             raise TypeError(
-                f"the fused LM head needs a plain weight tensor, got {type(weight).__name__} (a sharded head?): "
-                "set --cot_fused_lm_head false"
+                f"the fused LM head needs a plain nn.Linear with a plain weight tensor, got {type(head).__name__} "
+                f"with {type(weight).__name__} (wrapped or sharded after the trainer was built?): set "
+                "--cot_fused_lm_head false"
             )
         labels = labels[:, 1:].to(weight.device)
         terms = linear_complement_terms(

@@ -182,3 +182,12 @@ def test_sharded_or_quantized_heads_are_named():
         model.lm_head, "weight", torch.nn.Identity()
     )  # a head whose weight is computed: not a plain nn.Linear any more
     assert "not a plain torch.nn.Linear" in fused_lm_head_problem(model)
+
+
+def test_a_head_wrapped_after_construction_is_refused_at_the_next_step(tmp_path):
+    model = _tiny("llama")
+    trainer = COTTrainer(model=model, args=_args(tmp_path), train_dataset=causal_lm_data(n=8))
+    assert trainer._cot_fused
+    model.lm_head = torch.nn.utils.parametrize.register_parametrization(model.lm_head, "weight", torch.nn.Identity())
+    with pytest.raises(TypeError, match="plain nn.Linear.*--cot_fused_lm_head false"):
+        trainer.train()
