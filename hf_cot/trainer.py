@@ -11,8 +11,9 @@
 Design (README "How it works" has the long version):
 
 * The loss is computed here from the logits (causal LMs: from the fused head's per-token terms), normalized by the
-  number of valid labels in the whole gradient-accumulation window across all processes, which makes GA and DDP exact. Its *value* is always the plain
-  cross-entropy, so `loss`/`eval_loss` mean what they mean in the plain Trainer; its gradient is the mode's objective.
+  number of valid labels in the whole gradient-accumulation window across all processes, which makes GA and DDP
+  exact. Its *value* is always the plain cross-entropy, so `loss`/`eval_loss` mean what they mean in the plain
+  Trainer; its gradient is the mode's objective.
 * `cot_mode="alternating"`: a trainer-bound `on_optimizer_step` callback runs the complement step right after the
   primary `optimizer.step()`, on the micro-batches of the same window (stashed by `get_batch_samples`).
 * `cot_mode="joint"` / `"guided"`: one loss, one update; works wherever a custom `compute_loss` works.
