@@ -21,6 +21,7 @@ from .losses import (
     _check_reduction,
     _reduce,
     _triton_kernels,
+    check_chunk_size,
     check_label_range,
     chunk_grad,
     chunk_sums,
@@ -44,8 +45,7 @@ _MIN_CHUNK_ROWS = 128
 
 def _chunk_rows(hidden_size: int, vocab: int, chunk_size: int | None) -> int:
     if chunk_size is not None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+        check_chunk_size(chunk_size)
         return chunk_size
     return max(_MIN_CHUNK_ROWS, hidden_size // 4, _CHUNK_ELEMENTS // vocab)
 

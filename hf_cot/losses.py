@@ -105,10 +105,14 @@ def _triton_kernels(logits: torch.Tensor):
     return _load_triton_kernels()
 
 
+def check_chunk_size(chunk_size) -> None:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+
+
 def _chunk_rows(logits: torch.Tensor, chunk_size: int | None) -> int:
     if chunk_size is not None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+        check_chunk_size(chunk_size)
         return chunk_size
     if logits.device.type == "cpu" and torch.get_num_threads() == 1:
         return max(1, _CHUNK_ELEMENTS_CPU // logits.shape[-1])

@@ -246,28 +246,42 @@ class COTMixin:
             return (loss, outputs) if return_outputs else loss
         if self.cot_mode == "guided":
             entropy, log_pg, valid = complement_terms(flat_logits, flat_labels)
-            objective_sum = guided_rows(entropy, log_pg, valid, num_classes, self.args.guided_alpha).sum()
+            guided_sum = guided_rows(entropy, log_pg, valid, num_classes, self.args.guided_alpha).sum()
             if self.args.label_smoothing_factor > 0:
                 ce_sum = self._cross_entropy_sum(flat_logits.detach(), flat_labels)
             else:  # -log p_g from the same pass: no second softmax over the classes
-                ce_sum = -log_pg.detach().masked_fill(~valid, 0.0).sum()
-            self._record_training("complement_entropy", entropy.detach().sum() / denominator)
-            self._record_training("complement_loss", objective_sum.detach() / denominator)
+                ce_sum = -log_pg.masked_fill(~valid, 0.0).sum()
+            loss = self._training_loss(ce_sum, denominator, num_classes, entropy.sum(), guided_sum)
         else:
             check_label_range(flat_labels, num_classes)
-            ce_sum = objective_sum = self._cross_entropy_sum(flat_logits, flat_labels)
-            if self.cot_mode == "joint":
-                entropy_sum = complement_entropy(flat_logits, flat_labels, reduction="sum")
-                scale = complement_normalizer(num_classes, self.args.complement_normalization)
-                objective_sum = ce_sum - self.args.complement_weight * entropy_sum / scale
-                self._record_training("complement_entropy", entropy_sum.detach() / denominator)
-                self._record_training("complement_loss", -entropy_sum.detach() / scale / denominator)
+            ce_sum = self._cross_entropy_sum(flat_logits, flat_labels)
+            entropy_sum = (
+                complement_entropy(flat_logits, flat_labels, reduction="sum") if self.cot_mode == "joint" else None
+            )
+            loss = self._training_loss(ce_sum, denominator, num_classes, entropy_sum)
+        return (loss, outputs) if return_outputs else loss
+
+    def _training_loss(self, ce_sum, denominator, num_classes: int, entropy_sum=None, guided_sum=None):
+        """The mode's training loss from its summed terms, with the *value* of the cross-entropy; logs the complement.
+
+        ``entropy_sum``: the summed complement entropy (joint, guided); ``guided_sum``: the summed GCE loss (guided).
+        """
+        objective_sum = ce_sum
+        if self.cot_mode == "guided":
+            objective_sum, ce_sum = guided_sum, ce_sum.detach()
+            self._record_training("complement_entropy", entropy_sum.detach() / denominator)
+            self._record_training("complement_loss", guided_sum.detach() / denominator)
+        elif self.cot_mode == "joint":
+            scale = complement_normalizer(num_classes, self.args.complement_normalization)
+            objective_sum = ce_sum - self.args.complement_weight * entropy_sum / scale
+            self._record_training("complement_entropy", entropy_sum.detach() / denominator)
+            self._record_training("complement_loss", -entropy_sum.detach() / scale / denominator)
         loss = objective_sum / denominator
         if objective_sum is not ce_sum:
             # Value of the CE, gradient of the objective: adding a detached constant leaves the backward unchanged
             # (bit for bit), and a NaN objective still shows as a NaN loss.
             loss = loss + (ce_sum.detach() / denominator - loss.detach())
-        return (loss, outputs) if return_outputs else loss
+        return loss
 
     def _fused_forward(self, model, inputs: dict):
         labels, model_inputs = split_labels(self.model, inputs, self._label_name)
@@ -282,23 +296,12 @@ class COTMixin:
         if not self._cot_in_training_step:
             self._cot_eval_batch = (entropy.detach().sum(1), valid.sum(1))
             return ce_sum.detach() / denominator, outputs
-        objective_sum = ce_sum
+        guided_sum = None
         if self.cot_mode == "guided":
             flat = (entropy.reshape(-1), log_pg.reshape(-1), valid.reshape(-1))
-            objective_sum = guided_rows(*flat, outputs.vocab_size, self.args.guided_alpha).sum()
-            ce_sum = ce_sum.detach()
-            self._record_training("complement_entropy", entropy.detach().sum() / denominator)
-            self._record_training("complement_loss", objective_sum.detach() / denominator)
-        elif self.cot_mode == "joint":
-            entropy_sum = entropy.sum()
-            scale = complement_normalizer(outputs.vocab_size, self.args.complement_normalization)
-            objective_sum = ce_sum - self.args.complement_weight * entropy_sum / scale
-            self._record_training("complement_entropy", entropy_sum.detach() / denominator)
-            self._record_training("complement_loss", -entropy_sum.detach() / scale / denominator)
-        loss = objective_sum / denominator
-        if objective_sum is not ce_sum:  # the value of the CE, the gradient of the objective (see compute_loss)
-            loss = loss + (ce_sum.detach() / denominator - loss.detach())
-        return loss, outputs
+            guided_sum = guided_rows(*flat, outputs.vocab_size, self.args.guided_alpha).sum()
+        entropy_sum = entropy.sum() if self.cot_mode != "alternating" else None
+        return self._training_loss(ce_sum, denominator, outputs.vocab_size, entropy_sum, guided_sum), outputs
 
     def _cross_entropy_sum(self, flat_logits: torch.Tensor, flat_labels: torch.Tensor) -> torch.Tensor:
         # label_smoothing as the Trainer's LabelSmoother applies it ((1 - eps) NLL + eps * mean over classes).
