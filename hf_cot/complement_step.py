@@ -266,28 +266,35 @@ class ComplementStep:
 
     # ------------------------------------------------------------------ checkpoint files
 
-    def save(self, output_dir: str) -> None:
-        torch.save(self.optimizer.state_dict(), os.path.join(output_dir, OPTIMIZER_NAME))
+    def save(self, output_dir: str, *, optimizer_state: bool = True) -> None:
+        """Write the complement files. ``optimizer_state=False``: the caller saves the optimizer itself (FSDP's
+        sharded state goes through accelerate, on every rank)."""
+        if optimizer_state:
+            torch.save(self.optimizer.state_dict(), os.path.join(output_dir, OPTIMIZER_NAME))
         torch.save(self.scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
         with open(os.path.join(output_dir, STATE_NAME), "w") as f:
             json.dump({"complement_steps": self.steps, "complement_skipped_steps": self.skipped_steps}, f)
 
-    def load(self, checkpoint: str, device: torch.device) -> bool:
+    def load(self, checkpoint: str, device: torch.device, *, optimizer_state: bool = True) -> bool:
         """Load what `save` wrote; False (and a warning) when the checkpoint has no complement files."""
-        optimizer_file = os.path.join(checkpoint, OPTIMIZER_NAME)
-        if not os.path.isfile(optimizer_file):
+        scheduler_file = os.path.join(checkpoint, SCHEDULER_NAME)
+        needed = ([OPTIMIZER_NAME] if optimizer_state else []) + [SCHEDULER_NAME]
+        missing = [name for name in needed if not os.path.exists(os.path.join(checkpoint, name))]
+        if missing:
             warnings.warn(
-                f"{checkpoint} has no {OPTIMIZER_NAME}: the complement optimizer and scheduler start fresh, "
-                "so training will not match an uninterrupted COT run",
+                f"{checkpoint} has no {' / '.join(missing)}: the complement optimizer and scheduler start fresh, so "
+                "training will not match an uninterrupted COT run",
                 UserWarning,
                 stacklevel=3,
             )
             return False
-        # An indexed CPU device ("cpu:1" under MULTI_CPU/gloo) cannot be a map_location; the optimizer moves its state
-        # to each parameter's device itself.
-        map_location = "cpu" if device.type == "cpu" else device
-        self.optimizer.load_state_dict(torch.load(optimizer_file, map_location=map_location, weights_only=True))
-        self.scheduler.load_state_dict(torch.load(os.path.join(checkpoint, SCHEDULER_NAME), weights_only=True))
+        if optimizer_state:
+            # An indexed CPU device ("cpu:1" under MULTI_CPU/gloo) cannot be a map_location; the optimizer moves its
+            # state to each parameter's device itself.
+            map_location = "cpu" if device.type == "cpu" else device
+            optimizer_file = os.path.join(checkpoint, OPTIMIZER_NAME)
+            self.optimizer.load_state_dict(torch.load(optimizer_file, map_location=map_location, weights_only=True))
+        self.scheduler.load_state_dict(torch.load(scheduler_file, weights_only=True))
         state_file = os.path.join(checkpoint, STATE_NAME)
         if os.path.isfile(state_file):
             with open(state_file) as f:

@@ -10,7 +10,19 @@ Which models qualify (`fused_lm_head_problem` says why one does not): a causal L
 ``nn.Linear`` that is a direct child of the model, applied to the backbone's ``last_hidden_state`` with at most the
 logit transforms TRL knows (a scale under one of four config names, final soft-capping). Heads with more layers
 (``BertLMHeadModel``'s transform), quantized or PEFT-wrapped heads, mixture-of-experts models that add a router loss,
-label smoothing, FSDP and DeepSpeed keep the materialized path.
+label smoothing and FSDP1 keep the materialized path.
+
+Sharded heads (`_project`): the projection runs where each engine's own machinery gathers the head's weight for the
+forward *and* the backward and reduces its gradient, instead of reading whatever the weight happens to be:
+
+* FSDP2, head in an FSDP unit of its own or grouped with the final norm (accelerate's default): the projection is
+  registered as one of the head's FSDP forward methods (`register_fsdp_forward_method`), so FSDP all-gathers the
+  weight before it, re-gathers before its backward if it resharded, and reduce-scatters the gradient after. Reading
+  the sharded weight and calling ``DTensor.full_tensor()`` instead (TRL 1.16) treats the gradient as replicated and
+  never reduces it across ranks when the head is its own unit.
+* DeepSpeed ZeRO-3: the projection runs as the head module's forward for one call, so ZeRO-3's module hooks fetch
+  the partitioned weight for it, fetch it again for its backward, and release it after each.
+* DDP, ZeRO-1/2 and a single process: the weight is whole; the projection reads it directly.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ import types
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from transformers.utils import ModelOutput
 
 from .linear_losses import linear_complement_terms
@@ -61,13 +74,24 @@ def logit_transform(model) -> tuple[float, float | None]:
     return (1.0 if scale is None else float(scale)), (None if softcap is None else float(softcap))
 
 
+def is_plain_linear(head) -> bool:
+    """An ``nn.Linear`` computing ``x @ W.T + b``: the class itself, or one whose engine made it a subclass without a
+    forward of its own (FSDP2 turns ``nn.Linear`` into ``FSDPLinear``). Quantized subclasses compute something else;
+    parametrized heads compute their weight."""
+    return (
+        isinstance(head, nn.Linear)
+        and type(head).forward is nn.Linear.forward
+        and not nn.utils.parametrize.is_parametrized(head)
+    )
+
+
 def fused_lm_head_problem(model, *, label_smoothing: float = 0.0, distributed: str | None = None) -> str | None:
     """Why the fused head cannot replace this model's logits (None when it can)."""
     if not shifts_labels(model):
         return f"{type(base_model(model)).__name__} is not a causal LM (the fused head covers causal LM heads only)"
     base = base_model(model)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    if type(head) is not torch.nn.Linear:
+    if not is_plain_linear(head):
         return (
             f"{type(base).__name__}'s output embeddings are {type(head).__name__}, not a plain torch.nn.Linear "
             "(quantized, PEFT-wrapped or missing heads cannot be projected chunk by chunk)"
@@ -87,8 +111,8 @@ def fused_lm_head_problem(model, *, label_smoothing: float = 0.0, distributed: s
         return "the model adds a router load-balancing loss (output_router_logits=True)"
     if label_smoothing > 0:
         return "label_smoothing_factor > 0 needs every logit of the cross-entropy"
-    if distributed:
-        return f"{distributed} shards the head's weight"
+    if distributed:  # the engine's reason, e.g. FSDP1's flat parameters
+        return distributed
     return None
 
 
@@ -111,24 +135,59 @@ def install_fused_lm_head(model) -> None:
         # Looked up on every call: PEFT injects its layers into the backbone after installation.
         hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
         head = self.get_output_embeddings()
-        weight = getattr(head, "weight", None)
-        # Checked again per call: the head may have been wrapped (PEFT, sharding) after the trainer was built.
-        if type(head) is not torch.nn.Linear or type(weight) not in (torch.nn.Parameter, torch.Tensor):
+        # Checked again per call: the head may have been wrapped (PEFT, quantization) after the trainer was built.
+        if not is_plain_linear(head):
             raise TypeError(
-                f"the fused LM head needs a plain nn.Linear with a plain weight tensor, got {type(head).__name__} "
-                f"with {type(weight).__name__} (wrapped or sharded after the trainer was built?): set "
-                "--cot_fused_lm_head false"
+                f"the fused LM head needs a plain nn.Linear head, got {type(head).__name__} (wrapped after the trainer "
+                "was built?): set --cot_fused_lm_head false"
             )
-        labels = labels[:, 1:].to(weight.device)
-        terms = linear_complement_terms(
-            hidden.to(weight.device),
-            weight,
-            labels,
-            bias=head.bias,
-            logit_scale=logit_scale,
-            final_logit_softcapping=softcap,
-        )
-        return FusedCOTOutput(**terms, vocab_size=weight.shape[0])
+        terms = _project(head, hidden, labels[:, 1:], logit_scale, softcap)
+        return FusedCOTOutput(**terms, vocab_size=head.out_features)
 
     base.forward = types.MethodType(forward, base)
     setattr(base, _INSTALLED, True)
+
+
+_FSDP_METHOD = "_hf_cot_complement_terms"
+
+
+def _head_terms(head, hidden, labels, logit_scale: float, softcap: float | None) -> dict:
+    weight = head.weight
+    if type(weight) not in (nn.Parameter, torch.Tensor) or weight.numel() != head.in_features * head.out_features:
+        raise TypeError(
+            f"the fused LM head found its weight sharded ({type(weight).__name__} of {weight.numel()} elements for a "
+            f"{head.out_features} x {head.in_features} head) although the engine should have gathered it: the head "
+            "shares its weight with a module of another FSDP unit? Set --cot_fused_lm_head false"
+        )
+    return linear_complement_terms(
+        hidden.to(weight.device),
+        weight,
+        labels.to(weight.device),
+        bias=head.bias,
+        logit_scale=logit_scale,
+        final_logit_softcapping=softcap,
+    )
+
+
+def _project(head, hidden, labels, logit_scale: float, softcap: float | None) -> dict:
+    """`linear_complement_terms` through ``head``, with its weight gathered by the engine that shards it (module
+    docstring). Nothing is left on the head afterwards: the temporary attributes are removed."""
+    from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
+
+    def terms(module, hidden, labels):
+        return _head_terms(module, hidden, labels, logit_scale, softcap)
+
+    if isinstance(head, FSDPModule):
+        setattr(head, _FSDP_METHOD, types.MethodType(terms, head))
+        try:
+            register_fsdp_forward_method(head, _FSDP_METHOD)
+            return getattr(head, _FSDP_METHOD)(hidden, labels)
+        finally:
+            delattr(head, _FSDP_METHOD)
+    if hasattr(head.weight, "ds_id"):  # a ZeRO-3 parameter
+        head.forward = types.MethodType(terms, head)
+        try:
+            return head(hidden, labels)
+        finally:
+            del head.forward
+    return terms(head, hidden, labels)

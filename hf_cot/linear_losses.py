@@ -237,12 +237,13 @@ def linear_complement_terms(
     """
     _check_head(hidden, weight, bias, labels)
     vocab = weight.shape[0]
-    flat_labels = labels.reshape(-1).long()
-    valid = check_label_range(flat_labels, vocab, ignore_index)
-    flat_hidden = hidden.reshape(-1, hidden.shape[-1])
-    rows = valid.nonzero().squeeze(1)
-    picked = flat_hidden.index_select(0, rows)
-    target = flat_labels.index_select(0, rows)
+    labels = labels.long()
+    valid = check_label_range(labels.reshape(-1), vocab, ignore_index).reshape(labels.shape)
+    # Valid positions in row-major order; every output is a fresh tensor of the labels' shape (not a view: engines
+    # such as FSDP2 hook a module's outputs, and a view would let an in-place op drop that hook).
+    index = valid.nonzero(as_tuple=True)
+    picked = hidden[index]
+    target = labels[index]
     chunk = _chunk_rows(hidden.shape[-1], vocab, chunk_size)
     outputs = _LinearComplementFunction.apply(
         picked,
@@ -256,20 +257,19 @@ def linear_complement_terms(
     )
     entropy, log_pg, log_1m_pg, is_top1 = (
         # scatter back to every position; index_put keeps the result connected to the graph with no valid row
-        hidden.new_zeros(flat_labels.shape, dtype=out.dtype).index_put((rows,), out)
+        hidden.new_zeros(labels.shape, dtype=out.dtype).index_put(index, out)
         for out in outputs
     )
     with torch.no_grad():
         # H(p) = H_binary(p_g) + (1 - p_g) H, with 1 - p_g from its own log (1 - exp(log p_g) rounds to 0 first)
         full_entropy = log_1m_pg.exp() * (entropy - log_1m_pg) - log_pg.exp() * log_pg
         full_entropy = full_entropy.masked_fill_(~valid, 0.0)
-    shape = labels.shape
     return {
-        "complement_entropy": entropy.reshape(shape),
-        "log_probs": log_pg.reshape(shape),
-        "entropy": full_entropy.reshape(shape),
-        "is_top1": is_top1.reshape(shape),
-        "valid": valid.reshape(shape),
+        "complement_entropy": entropy,
+        "log_probs": log_pg,
+        "entropy": full_entropy,
+        "is_top1": is_top1,
+        "valid": valid,
     }
 
 

@@ -50,6 +50,10 @@ from .modeling import aligned_logits, check_model_head, count_valid, shifts_labe
 
 logger = logging.get_logger(__name__)
 
+# Under FSDP the complement optimizer is accelerate's optimizer number 1 in a checkpoint ("optimizer_1.bin" with a
+# full state dict, the "optimizer_1/" folder with a sharded one); the Trainer's own is number 0.
+COMPLEMENT_OPTIMIZER_INDEX = 1
+
 
 class _ComplementStepCallback(TrainerCallback):
     """Runs the alternating complement update after each primary `optimizer.step()` (paper order).
@@ -121,13 +125,19 @@ class COTMixin:
 
     def _check_alternating_supported(self) -> None:
         """Refuse at construction what the alternating step cannot do, never in the middle of a run."""
-        for enabled, name in ((self.is_deepspeed_enabled, "DeepSpeed"), (self.is_fsdp_enabled, "FSDP")):
-            if enabled:
-                raise NotImplementedError(
-                    f"cot_mode='alternating' is not supported under {name}: its second optimizer would need the "
-                    f"sharded gradients and {name}'s own step. Use cot_mode='joint' or cot_mode='guided', which are a "
-                    "single loss and run anywhere a custom compute_loss runs."
-                )
+        if self.is_deepspeed_enabled:
+            raise NotImplementedError(
+                "cot_mode='alternating' is not supported under DeepSpeed: DeepSpeed owns the optimizer step (it runs "
+                "inside backward and holds the ZeRO gradient partitions), so a second optimizer over the same "
+                "parameters has no gradients to step on. Use cot_mode='joint' or cot_mode='guided', which are a single "
+                "loss and run under every ZeRO stage; or FSDP2 (fsdp_config={'version': 2}) for 'alternating'."
+            )
+        if self._fsdp_version() == 1:
+            raise NotImplementedError(
+                "cot_mode='alternating' is not supported under FSDP1: its flat parameters and optimizer-state "
+                "handling are not covered by the complement step. Use FSDP2 (fsdp_config={'version': 2}), which "
+                "supports it, or cot_mode='joint' / cot_mode='guided', which are a single loss and run anywhere."
+            )
         if self.optimizer is not None:  # optimizers=(optimizer, scheduler) given to the constructor
             copy_optimizer(self.optimizer, 1.0)  # the copy the complement step will make: fail now, not at step 1
         elif getattr(self, "optimizer_cls_and_kwargs", None) is not None:
@@ -146,7 +156,11 @@ class COTMixin:
         requested = self.args.cot_fused_lm_head
         if requested is False:
             return False
-        distributed = "DeepSpeed" if self.is_deepspeed_enabled else "FSDP" if self.is_fsdp_enabled else None
+        distributed = (
+            "FSDP1 keeps the head's weight inside a flat sharded parameter (use FSDP2: fsdp_config={'version': 2})"
+            if self._fsdp_version() == 1
+            else None
+        )
         problem = fused_lm_head_problem(
             self.model, label_smoothing=self.args.label_smoothing_factor, distributed=distributed
         )
@@ -161,6 +175,11 @@ class COTMixin:
         if shifts_labels(self.model):
             logger.info(f"cot_fused_lm_head: building the logits ({problem})")
         return False
+
+    def _fsdp_version(self) -> int | None:
+        if not self.is_fsdp_enabled:
+            return None
+        return getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1)
 
     def _set_loss_is_scaled_for_ga(self) -> None:
         # Our loss is already normalized by the valid labels of the whole window (see compute_loss).
@@ -462,14 +481,51 @@ class COTMixin:
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
-        if self._complement is not None and self.args.should_save:
-            self._complement.save(output_dir)
+        if self._complement is None:
+            return
+        if self.is_fsdp_enabled:
+            # FSDP2: the optimizer state is sharded like the parameters. Saved the way the Trainer saves the primary's
+            # (every rank takes part; the state_dict_type the user configured decides full file or sharded folder),
+            # as accelerate's optimizer number COMPLEMENT_OPTIMIZER_INDEX.
+            from accelerate.utils import save_fsdp_optimizer
+
+            save_fsdp_optimizer(
+                self.accelerator.state.fsdp_plugin,
+                self.accelerator,
+                self._complement.optimizer,
+                self.model,
+                output_dir,
+                optimizer_index=COMPLEMENT_OPTIMIZER_INDEX,
+            )
+        if self.args.should_save:
+            self._complement.save(output_dir, optimizer_state=not self.is_fsdp_enabled)
 
     def _load_optimizer_and_scheduler(self, checkpoint) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
         # Runs after create_scheduler (transformers: "_load_optimizer_and_scheduler" follows it), so it exists.
-        if checkpoint is not None and self._complement is not None:
-            self._complement.load(checkpoint, self.args.device)
+        if checkpoint is None or self._complement is None:
+            return
+        fsdp = self.is_fsdp_enabled
+        if fsdp and not any(os.path.exists(os.path.join(checkpoint, n)) for n in _fsdp_optimizer_names()):
+            warnings.warn(
+                f"{checkpoint} has no {' / '.join(_fsdp_optimizer_names())} (the complement optimizer under FSDP): the "
+                "complement optimizer and scheduler start fresh, so training will not match an uninterrupted COT run",
+                UserWarning,
+                stacklevel=2,
+            )
+            return
+        found = self._complement.load(checkpoint, self.args.device, optimizer_state=not fsdp)
+        if found and fsdp:
+            from accelerate.utils import load_fsdp_optimizer
+
+            load_fsdp_optimizer(
+                self.accelerator.state.fsdp_plugin,
+                self.accelerator,
+                self._complement.optimizer,
+                self.model,
+                checkpoint,
+                optimizer_index=COMPLEMENT_OPTIMIZER_INDEX,
+            )
 
     # ------------------------------------------------------------------ model card
 
@@ -479,6 +535,13 @@ class COTMixin:
         super().create_model_card(*args, tags=tags, **kwargs)
         if self.cot_mode != "off" and self.is_world_process_zero():
             add_cot_section(os.path.join(self.args.output_dir, "README.md"), self.cot_mode)
+
+
+def _fsdp_optimizer_names() -> tuple[str, str]:
+    """What accelerate's `save_fsdp_optimizer` writes for the complement optimizer: a full file or a sharded folder."""
+    from accelerate.utils.constants import OPTIMIZER_NAME
+
+    return f"{OPTIMIZER_NAME}_{COMPLEMENT_OPTIMIZER_INDEX}.bin", f"{OPTIMIZER_NAME}_{COMPLEMENT_OPTIMIZER_INDEX}"
 
 
 def _already_scaled_sentinel(*args, **kwargs):  # pragma: no cover - only a marker for transformers < 5.19
