@@ -8,12 +8,9 @@ import sys
 import pytest
 import torch
 
-from testing_utils import VOCAB, tiny_llama
+from testing_utils import prompt_completion, tiny_llama, word_tokenizer
 
 trl = pytest.importorskip("trl")
-from datasets import Dataset  # noqa: E402
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
-from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 from hf_cot.trl import COTSFTConfig, COTSFTTrainer  # noqa: E402
 
@@ -22,21 +19,7 @@ METRICS = ["loss", "entropy", "mean_token_accuracy", "num_tokens"]
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    words = ["<pad>", "<eos>"] + [f"w{i}" for i in range(2, VOCAB)]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
-
-
-def prompt_completion(n=24, seed=0):
-    g = torch.Generator().manual_seed(seed)
-
-    def words(k):
-        return " ".join(f"w{int(i)}" for i in torch.randint(2, VOCAB, (k,), generator=g))
-
-    rows = [{"prompt": words(int(torch.randint(2, 6, (1,), generator=g))),
-             "completion": words(int(torch.randint(1, 6, (1,), generator=g)))} for _ in range(n)]  # fmt: skip
-    return Dataset.from_list(rows)
+    return word_tokenizer()
 
 
 def _config(out_dir, cls, **kw):

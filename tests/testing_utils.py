@@ -184,3 +184,28 @@ def token_classification_data(n: int = 24, seq_len: int = 10, num_labels: int = 
         labels[length:] = -100
         rows.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
     return rows
+
+
+def word_tokenizer():
+    """A word-level fast tokenizer over ``w2 .. w{VOCAB-1}`` (``<pad>`` = 0, ``<eos>`` = 1), built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<pad>", "<eos>"] + [f"w{i}" for i in range(2, VOCAB)]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+
+
+def prompt_completion(n=24, seed=0):
+    """A prompt/completion `datasets.Dataset` of random words for `word_tokenizer` (TRL's SFT format)."""
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(seed)
+
+    def words(k):
+        return " ".join(f"w{int(i)}" for i in torch.randint(2, VOCAB, (k,), generator=g))
+
+    rows = [{"prompt": words(int(torch.randint(2, 6, (1,), generator=g))),
+             "completion": words(int(torch.randint(1, 6, (1,), generator=g)))} for _ in range(n)]  # fmt: skip
+    return Dataset.from_list(rows)

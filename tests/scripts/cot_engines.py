@@ -2,13 +2,15 @@
 
 ``python cot_engines.py OUT --engine none --batch 2B`` is the single-process reference; under
 ``torch.distributed.run --nproc_per_node 2`` with ``--engine fsdp2|fsdp2_head_unit|zero2|zero3 --batch B`` each rank is
-made an FSDP2 / DeepSpeed rank on gloo by the test-only patch in `cpu_engines`. SGD throughout, so that a wrong
-gradient reduction shows at full size (an adaptive optimizer would normalize it away).
+made an FSDP2 / DeepSpeed rank on gloo by the test-only patch in `cpu_engines`. SGD (AdamW only for the resume check),
+so that a wrong gradient reduction shows at full size (an adaptive optimizer would normalize it away).
 
 Per configuration, rank r writes to ``OUT/<name>/``: ``params.pt`` (rank 0: the full state dict, gathered by the
 engine), ``logs_rank<r>.json`` (log history), ``eval_rank<r>.json`` (``evaluate()`` on 16 rows: loss only, so the
 fused head serves it), ``info_rank<r>.json`` (engine facts: whether the head weight was really sharded, whether the
-fused head was used, how often the head module's own ``nn.Linear.forward`` ran).
+fused head was used, how often the head module's own ``nn.Linear.forward`` ran). ``--resume NAME`` also saves NAME at
+step 2 and resumes it from there into ``OUT/NAME_resumed/``; ``--refused NAME`` records the exception its
+construction raises (``refused_rank<r>.json``).
 """
 
 from __future__ import annotations
@@ -29,16 +31,19 @@ from cpu_engines import patch_accelerate_for_cpu_engines  # noqa: E402
 patch_accelerate_for_cpu_engines()
 
 import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 
 from hf_cot import COTTrainer, COTTrainingArguments  # noqa: E402
-from testing_utils import causal_lm_data, tiny_causal_lm  # noqa: E402
+from testing_utils import causal_lm_data, prompt_completion, tiny_causal_lm, word_tokenizer  # noqa: E402
 
-# name -> (architecture, cot_mode, cot_fused_lm_head, gradient_accumulation_steps, max_steps, optim)
+# name -> (architecture, cot_mode, cot_fused_lm_head, gradient_accumulation_steps, max_steps, optim). "sft_*" run
+# COTSFTTrainer (TRL) on prompt/completion data; the others COTTrainer on pre-tokenized rows.
 CONFIGS = {
     "joint": ("llama", "joint", None, 1, 3, "sgd"),
     "guided_ga2": ("llama", "guided", None, 2, 2, "sgd"),
     "joint_tied": ("qwen2", "joint", None, 1, 3, "sgd"),  # the head is the input embedding
     "joint_logits": ("llama", "joint", False, 1, 3, "sgd"),
+    "sft_joint": ("llama", "joint", None, 1, 3, "sgd"),
     "alternating": ("llama", "alternating", None, 1, 3, "sgd"),
     "alternating_ga2": ("llama", "alternating", None, 2, 2, "sgd"),
     # for resume: AdamW has optimizer state (moments, step) that a wrong checkpoint would lose
@@ -88,38 +93,53 @@ class HeadCalls:
         torch.nn.Linear.forward = forward
 
 
-def head_weight_facts(model) -> dict:
-    weight = model.get_output_embeddings().weight
-    local = weight.to_local() if hasattr(weight, "to_local") else weight
-    return {
-        "weight_type": type(weight).__name__,
-        "local_numel": int(local.numel()),
-        "full_numel": int(getattr(weight, "ds_numel", weight.numel())),
-    }
+class RecordHeadWeight(TrainerCallback):
+    """At the start of training (the model is prepared by then): is the head's weight really sharded?"""
+
+    def __init__(self, trainer):
+        self.trainer, self.facts = trainer, {}
+
+    def on_train_begin(self, *args, **kwargs):
+        weight = self.trainer.model.get_output_embeddings().weight
+        local = weight.to_local() if hasattr(weight, "to_local") else weight  # FSDP2: a DTensor
+        self.facts = {
+            "weight_type": type(weight).__name__,
+            "local_numel": int(local.numel()),  # ZeRO-3: 0 outside a gather
+            "full_numel": int(getattr(weight, "ds_numel", weight.numel())),
+        }
 
 
-def run(name, out_root, engine, batch, calls: HeadCalls, save_steps=None, resume_from=None, tag=None):
+def build(name, out, engine, batch, save_steps=None):
     arch, mode, fused, ga, max_steps, optim = CONFIGS[name]
-    out = os.path.join(out_root, tag or name)
     model = tiny_causal_lm(arch, seed=0)  # before the arguments: ZeRO-3 must not partition it at construction
-    args = COTTrainingArguments(
+    common = dict(
         output_dir=out, cot_mode=mode, cot_fused_lm_head=fused, complement_weight=0.7, guided_alpha=0.25,
         per_device_train_batch_size=batch // ga, per_device_eval_batch_size=4, gradient_accumulation_steps=ga,
         max_steps=max_steps, optim=optim, learning_rate=0.5 if optim == "sgd" else 1e-2, lr_scheduler_type="linear",
-        warmup_steps=1, max_grad_norm=0.05 if mode == "alternating" else 1.0, seed=7, logging_steps=1, report_to="none", disable_tqdm=True, dataloader_num_workers=0,
-        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, **engine_kwargs(engine),
+        warmup_steps=1, max_grad_norm=0.05 if mode == "alternating" else 1.0, seed=7, logging_steps=1,
+        report_to="none", disable_tqdm=True, dataloader_num_workers=0, save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500, **engine_kwargs(engine),
     )  # fmt: skip
-    trainer = COTTrainer(model=model, args=args, train_dataset=causal_lm_data(n=32, seed=1))
+    if name.startswith("sft_"):
+        from hf_cot.trl import COTSFTConfig, COTSFTTrainer
+
+        args = COTSFTConfig(**common, max_length=16, bf16=False, gradient_checkpointing=False, dataset_num_proc=None)
+        return COTSFTTrainer(model=model, args=args, train_dataset=prompt_completion(n=32, seed=1),
+                             eval_dataset=prompt_completion(n=16, seed=2), processing_class=word_tokenizer())  # fmt: skip
+    return COTTrainer(model=model, args=COTTrainingArguments(**common), train_dataset=causal_lm_data(n=32, seed=1),
+                      eval_dataset=causal_lm_data(n=16, seed=2))  # fmt: skip
+
+
+def run(name, out_root, engine, batch, calls: HeadCalls, save_steps=None, resume_from=None, tag=None):
+    out = os.path.join(out_root, tag or name)
+    trainer = build(name, out, engine, batch, save_steps)
+    model = trainer.model
     calls.head, calls.count = model.get_output_embeddings(), 0
-    facts = {}
-
-    def record_prepared_model(*_args, **_kwargs):
-        facts.update(head_weight_facts(trainer.model))
-
-    trainer.add_callback(type("Facts", (__import__("transformers").TrainerCallback,), {"on_train_begin": lambda self, *a, **k: record_prepared_model()})())
+    facts = RecordHeadWeight(trainer)
+    trainer.add_callback(facts)
     trainer.train(resume_from_checkpoint=resume_from)
     train_calls = calls.count
-    eval_metrics = trainer.evaluate(causal_lm_data(n=16, seed=2))
+    eval_metrics = trainer.evaluate()
     rank = trainer.args.process_index
     state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     os.makedirs(out, exist_ok=True)
@@ -135,7 +155,7 @@ def run(name, out_root, engine, batch, calls: HeadCalls, save_steps=None, resume
         "head_forward_calls_eval": calls.count - train_calls,
         "global_step": trainer.state.global_step,
         "complement_steps": trainer.complement_steps,
-        **facts,
+        **facts.facts,
     }
     for fname, obj in (
         (f"logs_rank{rank}.json", trainer.state.log_history),
@@ -154,9 +174,20 @@ def main():
     parser.add_argument("--batch", type=int, required=True, help="rows per optimizer step per process")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
     parser.add_argument("--resume", nargs="*", default=[], help="configs to save at step 2 and resume from it")
+    parser.add_argument("--refused", nargs="*", default=[], help="configs whose construction must raise")
     args = parser.parse_args()
     torch.set_num_threads(1)
     calls = HeadCalls()
+    for name in args.refused:  # written as OUT/<name>/refused_rank<r>.json: the exception, or null if none
+        out = os.path.join(args.out, name)
+        try:
+            build(name, out, args.engine, args.batch)
+            error = None
+        except Exception as err:  # noqa: BLE001 - the test checks the type and the message
+            error = {"type": type(err).__name__, "message": str(err)}
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, f"refused_rank{os.environ.get('RANK', 0)}.json"), "w") as f:
+            json.dump(error, f)
     for name in args.configs:
         run(name, args.out, args.engine, args.batch, calls, save_steps=2 if name in args.resume else None)
         if name in args.resume:
