@@ -168,6 +168,7 @@ class ComplementStep:
         from transformers.optimization import get_scheduler
 
         primary = unwrap_optimizer(primary)
+        self._primary = primary
         base_lr = args.learning_rate
         ratio = args.effective_complement_learning_rate / base_lr if base_lr > 0 else 0.0
         self.optimizer = copy_optimizer(primary, ratio)
@@ -199,6 +200,7 @@ class ComplementStep:
         """Run the update for optimizer step ``step_number`` (1-based); returns the values to log, or None."""
         from .losses import complement_normalizer
 
+        self.follow_primary()
         if step_number % self.every != 0:
             self._advance_schedule()
             return None
@@ -256,6 +258,24 @@ class ComplementStep:
         mean_entropy = entropy_sum / denominator
         return {"complement_entropy": mean_entropy, "complement_loss": -mean_entropy / scale}
 
+    def follow_primary(self) -> None:
+        """Keep the copy over the primary's *current* parameter objects (and its state with them).
+
+        Under FSDP2 on transformers 4.x the Trainer builds its optimizer (and so this copy) before the model is sharded;
+        accelerate's prepare then swaps the primary's parameters for their sharded versions in place. A copy still
+        holding the replaced tensors would step on parameters the model no longer uses.
+        """
+        for ours, theirs in zip(self.optimizer.param_groups, self._primary.param_groups, strict=True):
+            current = [p for p in theirs["params"] if p.requires_grad]
+            if len(current) == len(ours["params"]) and all(
+                a is b for a, b in zip(current, ours["params"], strict=True)
+            ):
+                continue
+            for old, new in zip(ours["params"], current, strict=True):
+                if old in self.optimizer.state:
+                    self.optimizer.state[new] = self.optimizer.state.pop(old)
+            ours["params"] = current
+
     def _advance_schedule(self) -> None:
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             return
@@ -269,6 +289,7 @@ class ComplementStep:
     def save(self, output_dir: str, *, optimizer_state: bool = True) -> None:
         """Write the complement files. ``optimizer_state=False``: the caller saves the optimizer itself (FSDP's
         sharded state goes through accelerate, on every rank)."""
+        self.follow_primary()
         if optimizer_state:
             torch.save(self.optimizer.state_dict(), os.path.join(output_dir, OPTIMIZER_NAME))
         torch.save(self.scheduler.state_dict(), os.path.join(output_dir, SCHEDULER_NAME))
@@ -277,6 +298,7 @@ class ComplementStep:
 
     def load(self, checkpoint: str, device: torch.device, *, optimizer_state: bool = True) -> bool:
         """Load what `save` wrote; False (and a warning) when the checkpoint has no complement files."""
+        self.follow_primary()
         scheduler_file = os.path.join(checkpoint, SCHEDULER_NAME)
         needed = ([OPTIMIZER_NAME] if optimizer_state else []) + [SCHEDULER_NAME]
         missing = [name for name in needed if not os.path.exists(os.path.join(checkpoint, name))]

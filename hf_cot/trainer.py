@@ -130,13 +130,14 @@ class COTMixin:
                 "cot_mode='alternating' is not supported under DeepSpeed: DeepSpeed owns the optimizer step (it runs "
                 "inside backward and holds the ZeRO gradient partitions), so a second optimizer over the same "
                 "parameters has no gradients to step on. Use cot_mode='joint' or cot_mode='guided', which are a single "
-                "loss and run under every ZeRO stage; or FSDP2 (fsdp_config={'version': 2}) for 'alternating'."
+                "loss and run under every ZeRO stage; or FSDP2 for 'alternating'."
             )
         if self._fsdp_version() == 1:
             raise NotImplementedError(
                 "cot_mode='alternating' is not supported under FSDP1: its flat parameters and optimizer-state "
-                "handling are not covered by the complement step. Use FSDP2 (fsdp_config={'version': 2}), which "
-                "supports it, or cot_mode='joint' / cot_mode='guided', which are a single loss and run anywhere."
+                "handling are not covered by the complement step. Use FSDP2 (`fsdp_version: 2` in the accelerate config; "
+                "transformers 5 also reads fsdp_config={'version': 2} and defaults to it), which supports it, or "
+                "cot_mode='joint' / cot_mode='guided', which are a single loss and run anywhere."
             )
         if self.optimizer is not None:  # optimizers=(optimizer, scheduler) given to the constructor
             copy_optimizer(self.optimizer, 1.0)  # the copy the complement step will make: fail now, not at step 1
@@ -157,7 +158,8 @@ class COTMixin:
         if requested is False:
             return False
         distributed = (
-            "FSDP1 keeps the head's weight inside a flat sharded parameter (use FSDP2: fsdp_config={'version': 2})"
+            "FSDP1 keeps the head's weight inside a flat sharded parameter (use FSDP2: `fsdp_version: 2` in the "
+            "accelerate config, or fsdp_config={'version': 2} on transformers 5)"
             if self._fsdp_version() == 1
             else None
         )
@@ -179,7 +181,7 @@ class COTMixin:
     def _fsdp_version(self) -> int | None:
         if not self.is_fsdp_enabled:
             return None
-        return getattr(self.accelerator.state.fsdp_plugin, "fsdp_version", 1)
+        return getattr(getattr(self.accelerator.state, "fsdp_plugin", None), "fsdp_version", 1)
 
     def _set_loss_is_scaled_for_ga(self) -> None:
         # Our loss is already normalized by the valid labels of the whole window (see compute_loss).
@@ -483,6 +485,7 @@ class COTMixin:
         super()._save_optimizer_and_scheduler(output_dir)
         if self._complement is None:
             return
+        self._complement.follow_primary()
         if self.is_fsdp_enabled:
             # FSDP2: the optimizer state is sharded like the parameters. Saved the way the Trainer saves the primary's
             # (every rank takes part; the state_dict_type the user configured decides full file or sharded folder),
@@ -514,7 +517,7 @@ class COTMixin:
                 stacklevel=2,
             )
             return
-        found = self._complement.load(checkpoint, self.args.device, optimizer_state=not fsdp)
+        found = self._complement.load(checkpoint, self.args.device, optimizer_state=not fsdp)  # follows the primary
         if found and fsdp:
             from accelerate.utils import load_fsdp_optimizer
 

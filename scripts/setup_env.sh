@@ -22,7 +22,14 @@ fi
 PIN=${HF_COT_TRANSFORMERS:+transformers==$HF_COT_TRANSFORMERS}
 # The linter's version is pinned in the test extra: a venv with another ruff (or none) gets the pinned one.
 RUFF=$(sed -n 's/.*"ruff==\([0-9.]*\)".*/\1/p' pyproject.toml)
-if ! python -c "import hf_cot, pytest, evaluate, sacrebleu, sklearn, datasets, sentencepiece, peft, hypothesis, bitsandbytes, galore_torch, apollo_torch, lomo_optim, schedulefree, grokadamw, optimi, trl" 2>/dev/null \
+# DeepSpeed ships only a source distribution whose build imports torch: build it against the installed torch
+# (--no-build-isolation) before the extras ask for it.
+DEEPSPEED=$(sed -n 's/.*"\(deepspeed[^"]*\)".*/\1/p' pyproject.toml | head -1)
+if ! python -c "import deepspeed" 2>/dev/null; then
+  echo "[setup] installing $DEEPSPEED"
+  pipq --no-build-isolation "$DEEPSPEED"
+fi
+if ! python -c "import hf_cot, pytest, evaluate, sacrebleu, sklearn, datasets, sentencepiece, peft, hypothesis, bitsandbytes, galore_torch, apollo_torch, lomo_optim, schedulefree, grokadamw, optimi, trl, deepspeed" 2>/dev/null \
    || [ "$(python -m ruff --version 2>/dev/null)" != "ruff $RUFF" ] \
    || { [ -n "$PIN" ] && ! python -c "import transformers,sys; sys.exit(transformers.__version__ != '$HF_COT_TRANSFORMERS')"; }; then
   echo "[setup] installing hf-cot[test,examples] $PIN"

@@ -1,12 +1,12 @@
-"""cot_mode='alternating' is refused under FSDP and DeepSpeed; the single-loss modes construct there.
+"""What the engines that cannot be run on this machine get: refusals at construction, checked with a simulated flag.
 
-How the backend is simulated: the Trainer derives ``is_deepspeed_enabled`` / ``is_fsdp_enabled`` from the accelerator
+The real engines - DDP, FSDP2, DeepSpeed ZeRO-2/3 - train in 2 gloo processes in test_distributed.py and
+test_engines.py. What remains is FSDP1 (accelerate cannot build its plugin without a GPU-like device) and the
+construction-time refusals: the Trainer derives ``is_deepspeed_enabled`` / ``is_fsdp_enabled`` from the accelerator
 state at the end of ``create_accelerator_and_postprocess()`` (called from ``Trainer.__init__`` before the rest of the
-parent's setup), and COT decides from those two attributes. The subclass below sets the attribute right there, after
-the accelerator exists, so the parent's remaining ``__init__`` and COT's check see exactly what a real launch would
-give them. Nothing is installed (no deepspeed) and nothing trains: a real FSDP/ZeRO engine needs a distributed GPU
-launch (on this CPU-only machine ``fsdp=...`` under a 1-process torchrun does not even build its plugin), and the
-refusal is a construction-time guarantee.
+parent's setup), and COT decides from those attributes (and, for FSDP, the plugin's ``fsdp_version``). The subclass
+below sets the attribute right there, after the accelerator exists; with no FSDP plugin the version reads as 1, so
+the simulated FSDP is FSDP1. Nothing trains here.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import pytest
 
 from hf_cot import COTSeq2SeqTrainer, COTSeq2SeqTrainingArguments, COTTrainer, COTTrainingArguments
 from hf_cot.trainer import _ComplementStepCallback
-from testing_utils import classification_data, seq2seq_data, tiny_bert, tiny_marian
+from testing_utils import causal_lm_data, classification_data, seq2seq_data, tiny_bert, tiny_llama, tiny_marian
 
-BACKENDS = {"DeepSpeed": "is_deepspeed_enabled", "FSDP": "is_fsdp_enabled"}
+BACKENDS = {"DeepSpeed": "is_deepspeed_enabled", "FSDP1": "is_fsdp_enabled"}
 
 
 def _with_backend(trainer_cls, flag):
@@ -30,14 +30,16 @@ def _with_backend(trainer_cls, flag):
     return Simulated
 
 
-def _build(kind, backend, mode, out_dir):
-    if kind == "seq2seq":
+def _build(kind, backend, mode, out_dir, **kw):
+    if kind == "causal":
+        cls, args_cls, model, data = COTTrainer, COTTrainingArguments, tiny_llama(), causal_lm_data(n=8)
+    elif kind == "seq2seq":
         cls, args_cls, model, data = COTSeq2SeqTrainer, COTSeq2SeqTrainingArguments, tiny_marian(), seq2seq_data(n=8)
     else:
         cls, args_cls, model, data = COTTrainer, COTTrainingArguments, tiny_bert(), classification_data(n=8)
     if backend is not None:
         cls = _with_backend(cls, BACKENDS[backend])
-    args = args_cls(output_dir=out_dir, use_cpu=True, cot_mode=mode, report_to="none")
+    args = args_cls(output_dir=out_dir, use_cpu=True, cot_mode=mode, report_to="none", **kw)
     return cls(model=model, args=args, train_dataset=data)
 
 
@@ -65,3 +67,13 @@ def test_alternating_constructs_without_backend(out_dir):
     """Control: the same construction without the simulated flag is accepted (the flag is what is refused)."""
     trainer = _build("classifier", None, "alternating", out_dir)
     assert sum(isinstance(cb, _ComplementStepCallback) for cb in trainer.callback_handler.callbacks) == 1
+
+
+def test_fsdp1_keeps_the_logits_or_refuses_the_fused_head(out_dir):
+    """FSDP1 flattens the head's weight into its FlatParameter: unset falls back to the logits, True is refused."""
+    assert _build("causal", None, "joint", out_dir)._cot_fused  # control: the same model fuses without the flag
+    assert not _build("causal", "FSDP1", "joint", out_dir)._cot_fused
+    with pytest.raises(ValueError, match="cot_fused_lm_head=True cannot be used: FSDP1 .*FSDP2"):
+        _build("causal", "FSDP1", "joint", out_dir, cot_fused_lm_head=True)
+    # DeepSpeed is no reason to fall back: the fused head runs under every ZeRO stage (test_engines.py)
+    assert _build("causal", "DeepSpeed", "joint", out_dir)._cot_fused

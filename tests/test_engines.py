@@ -155,6 +155,7 @@ def test_alternating_resumes_exactly_under_fsdp2(name, launched):
         checkpoint = out / config / "checkpoint-2"
         # the configured state-dict type decides the complement optimizer's format, as for the Trainer's own
         sharded = name == "fsdp2"
+        assert info["state_dict_type"].endswith("SHARDED_STATE_DICT" if sharded else "FULL_STATE_DICT"), info
         assert (checkpoint / "optimizer_1").is_dir() == sharded
         assert (checkpoint / "optimizer_1.bin").is_file() == (not sharded)
         assert _json(checkpoint / "complement_state.json")["complement_steps"] == 2

@@ -62,12 +62,24 @@ _ZERO = {
 def engine_kwargs(engine: str) -> dict:
     if engine == "none":
         return {"use_cpu": True}
+    # sync_module_states: transformers 4.57 turns it on by default, and accelerate then asks torch.cuda/xpu/... for a
+    # device to materialize parameters on, which a CPU has not (the models here are built whole on every rank anyway).
+    if engine.startswith("fsdp2"):
+        # transformers 4.x passes neither fsdp_config["version"] nor ["state_dict_type"] on to accelerate (5.x does):
+        # set them the way `accelerate launch` with `fsdp_version: 2` / `fsdp_state_dict_type: ...` does.
+        os.environ["FSDP_VERSION"] = "2"
+        os.environ["FSDP_STATE_DICT_TYPE"] = "SHARDED_STATE_DICT" if engine == "fsdp2" else "FULL_STATE_DICT"
     if engine == "fsdp2":  # accelerate's default wrapping: decoder layers, embeddings, [final norm, head] together
-        return {"fsdp": True, "fsdp_config": {"version": 2, "state_dict_type": "SHARDED_STATE_DICT"}}
+        config = {"version": 2, "state_dict_type": "SHARDED_STATE_DICT", "sync_module_states": False}
+        return {"fsdp": True, "fsdp_config": config}
     if engine == "fsdp2_head_unit":  # every nn.Linear, the head included, is an FSDP unit of its own
         # (accelerate 1.15's SIZE_BASED_WRAP cannot do this for a tiny model: it wraps the layers' ModuleList, which
         # fully_shard refuses, or the whole backbone, after which accelerate fails to carve out the final norm)
-        config = {"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer", "Linear"]}
+        config = {
+            "version": 2,
+            "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer", "Linear"],
+            "sync_module_states": False,
+        }
         return {"fsdp": True, "fsdp_config": {**config, "state_dict_type": "FULL_STATE_DICT"}}
     if engine in ("zero2", "zero3"):
         zero = {"stage": int(engine[-1])}
@@ -155,6 +167,9 @@ def run(name, out_root, engine, batch, calls: HeadCalls, save_steps=None, resume
         "head_forward_calls_eval": calls.count - train_calls,
         "global_step": trainer.state.global_step,
         "complement_steps": trainer.complement_steps,
+        "state_dict_type": str(
+            getattr(getattr(trainer.accelerator.state, "fsdp_plugin", None), "state_dict_type", None)
+        ),
         **facts.facts,
     }
     for fname, obj in (

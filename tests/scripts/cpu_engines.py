@@ -56,8 +56,21 @@ def launch_command(script: str, args: list[str], nproc: int = 2) -> list[str]:
 
 
 def run(cmd: list[str], timeout: int) -> subprocess.CompletedProcess:
+    """Run a launch; on a timeout, SIGTERM the launcher first: torch.distributed.run then stops its ranks (which live in
+    sessions of their own, so killing the launcher outright would leave them waiting for each other forever)."""
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_DISABLED="true", OMP_NUM_THREADS="1")
     env.pop("CUDA_VISIBLE_DEVICES", None)
     env.pop("ACCELERATE_MIXED_PRECISION", None)
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            stdout, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        stderr += f"\n[cpu_engines] timed out after {timeout} s; the launcher was sent SIGTERM"
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
