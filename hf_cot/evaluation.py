@@ -31,18 +31,20 @@ def evaluate_complement_entropy(trainer, dataset=None, metric_key_prefix: str = 
     was_training = model.training
     model.eval()
     sums, counts, num_classes = [], [], None
-    for inputs in trainer.get_test_dataloader(dataset):
-        inputs = trainer._prepare_inputs(inputs)
-        if label_name not in inputs:
-            raise ValueError(f"the batches have no {label_name!r} key (got {sorted(inputs)}): no labels to score")
-        with trainer.compute_loss_context_manager():
-            outputs = model(**inputs)
-        logits, labels = aligned_logits(outputs, inputs[label_name], shift)
-        num_classes = logits.shape[-1]
-        per_sample, per_count = per_sample_complement_entropy(logits, labels)
-        sums.append(trainer.accelerator.gather_for_metrics(per_sample).cpu())
-        counts.append(trainer.accelerator.gather_for_metrics(per_count).cpu())
-    model.train(was_training)
+    try:  # the model goes back to its mode even when a batch fails
+        for inputs in trainer.get_test_dataloader(dataset):
+            inputs = trainer._prepare_inputs(inputs)
+            if label_name not in inputs:
+                raise ValueError(f"the batches have no {label_name!r} key (got {sorted(inputs)}): no labels to score")
+            with trainer.compute_loss_context_manager():
+                outputs = model(**inputs)
+            logits, labels = aligned_logits(outputs, inputs[label_name], shift)
+            num_classes = logits.shape[-1]
+            per_sample, per_count = per_sample_complement_entropy(logits, labels)
+            sums.append(trainer.accelerator.gather_for_metrics(per_sample).cpu())
+            counts.append(trainer.accelerator.gather_for_metrics(per_count).cpu())
+    finally:
+        model.train(was_training)
     total = int(torch.cat(counts).sum()) if counts else 0
     if total == 0:
         raise ValueError("evaluate_complement_entropy: the dataset has no valid labels (all -100, or empty)")

@@ -96,7 +96,7 @@ class _Head:
 
 class _LinearComplementFunction(torch.autograd.Function):
     """Per row of ``hidden`` ``[N, d]``: ``(H, log p_g)`` of the logits ``transform(hidden @ weight.T + bias)``,
-    plus two non-differentiable rows for metrics: ``log(1 - p_g)`` and whether ``g`` is the strict arg-max."""
+    plus two non-differentiable rows for metrics: ``log(1 - p_g)`` and whether ``g`` is the (first) arg-max."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, target, valid, chunk: int, logit_scale: float, softcap):
@@ -105,12 +105,15 @@ class _LinearComplementFunction(torch.autograd.Function):
         head = _Head(weight, bias, _compute_dtype(hidden), logit_scale, softcap)
         row_max = hidden.new_empty(n, dtype=torch.float32)
         sum_e, sum_ez, z_g = torch.empty_like(row_max), torch.empty_like(row_max), torch.empty_like(row_max)
+        is_top1 = torch.empty(n, dtype=torch.bool, device=hidden.device)
         buffers = _buffers(hidden, n, vocab, chunk, count=2)
         kernels = _triton_kernels(hidden)
         with torch.autocast(hidden.device.type, enabled=False):
             for rows, logits, e in _row_chunks(n, chunk, buffers):
                 head.logits(hidden[rows], logits)
                 z_g[rows] = logits.gather(1, target[rows].unsqueeze(1)).squeeze(1)
+                # top-1 as argmax (and TRL's token accuracy) counts it: ties go to the first maximal index
+                is_top1[rows] = logits.argmax(1) == target[rows]
                 # the logits are not needed after this chunk's sums: their buffer is the work buffer z
                 sums = chunk_sums(logits, target[rows], logits, e, kernels)
                 for total, part in zip((row_max, sum_e, sum_ez), sums, strict=True):
@@ -119,7 +122,7 @@ class _LinearComplementFunction(torch.autograd.Function):
         # log(1 - p_g) = logsumexp of the complement - logsumexp of all = L - logaddexp(L, z_g)
         log_complement = row_max + log_s
         log_1m_pg = (log_complement - torch.logaddexp(log_complement, z_g)).masked_fill_(~valid, 0.0)
-        is_top1 = (z_g > row_max) & valid
+        is_top1 &= valid
         ctx.mark_non_differentiable(log_1m_pg, is_top1)
         ctx.save_for_backward(hidden, weight, bias, target, valid, entropy, log_pg, row_max, log_s)
         ctx.chunk, ctx.logit_scale, ctx.softcap = chunk, logit_scale, softcap
@@ -230,7 +233,8 @@ def linear_complement_terms(
     * ``"complement_entropy"``: ``H`` (differentiable), 0 at ignored positions;
     * ``"log_probs"``: ``log p_g`` (differentiable; the cross-entropy is its negative), 0 at ignored positions;
     * ``"entropy"``: the full softmax's entropy ``(1 - p_g) H + H_binary(p_g)`` (no gradient; TRL's metric);
-    * ``"is_top1"``: whether the label's logit is larger than every other (no gradient; token accuracy);
+    * ``"is_top1"``: whether the label is the arg-max, ties to the first maximal index as ``argmax`` (and TRL's
+      ``mean_token_accuracy``) take them (no gradient; token accuracy);
     * ``"valid"``: positions whose label is not ``ignore_index``.
 
     Only valid positions are projected (a prompt masked with ``-100`` costs nothing in the head).

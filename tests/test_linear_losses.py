@@ -80,6 +80,17 @@ def test_logit_scale_and_softcapping_and_the_cross_entropy(scale, cap):
         assert (t[key][~valid] == 0).all()
 
 
+def test_ties_at_the_top_go_to_the_first_index_as_argmax():
+    """Equal logits in a row: the label is top-1 only if it is the first maximal index (torch.argmax's rule)."""
+    hidden = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    weight = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 2.0], [0.0, 2.0]])  # rows 0-1 tie, rows 2-3 tie
+    labels = torch.tensor([0, 1, 2, 3])
+    logits = hidden @ weight.T
+    t = linear_complement_terms(hidden, weight, labels)
+    assert torch.equal(t["is_top1"], logits.argmax(-1) == labels)
+    assert t["is_top1"].tolist() == [True, False, True, False]
+
+
 def test_confident_rows_keep_the_full_entropy_exact():
     """p_g -> 1: the full entropy comes from (1 - p_g) H + H_binary(p_g), all non-negative terms (no cancellation)."""
     hidden = torch.tensor([[30.0, 0.0], [0.0, 1.0]])

@@ -182,6 +182,16 @@ def test_decoder_inputs_built_from_labels_match_the_models_own(arch, out_dir):
     assert trainer.complement_steps == 2
 
 
+def test_evaluate_complement_entropy_restores_the_mode_when_it_fails(out_dir):
+    model = tiny_marian()
+    trainer = COTSeq2SeqTrainer(model=model, args=seq2seq_args(out_dir, cot_mode="joint"))
+    model.train()
+    unlabeled = Dataset.from_list([{k: v for k, v in r.items() if k != "labels"} for r in seq2seq_data(n=4)])
+    with pytest.raises(ValueError, match="no 'labels' key"):
+        evaluate_complement_entropy(trainer, unlabeled)
+    assert model.training
+
+
 @pytest.mark.parametrize("cot_mode", ["plain", "off", "alternating"])
 def test_evaluate_complement_entropy_matches_a_naive_token_average(cot_mode, out_dir):
     """Teacher-forced test-set complement entropy vs a float64 loop over every valid target token, by hand."""

@@ -82,6 +82,18 @@ def test_cot_modes_report_what_sft_trainer_reports(tokenizer, out_dir, mode, ga)
     assert e_cot["eval_complement_entropy"] > 0
 
 
+def test_top1_ties_count_as_sft_trainer_counts_them(tokenizer, out_dir):
+    """All logits equal (a zero head): argmax, and so TRL's mean_token_accuracy, takes the first index (token 0);
+    the fused head must count ties the same way (it used to count a tie as wrong: accuracy 0)."""
+    plain, cot = _pair(out_dir, tokenizer, "joint", optim="sgd", learning_rate=0.0, max_steps=1)
+    for trainer in (plain, cot):
+        torch.nn.init.zeros_(trainer.model.lm_head.weight)
+        trainer.train()
+    assert cot._cot_fused
+    (got,), (want,) = _lines(cot), _lines(plain)
+    assert got["mean_token_accuracy"] == pytest.approx(want["mean_token_accuracy"], abs=1e-6)
+
+
 def test_packing_reports_what_sft_trainer_reports(tokenizer, out_dir):
     plain, cot = _pair(out_dir, tokenizer, "joint", optim="sgd", learning_rate=0.0, packing=True)
     plain.train()
