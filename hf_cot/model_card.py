@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 TAGS = ["hf-cot", "complement-objective-training"]
+
 ARXIV_ID = "1903.01182"
 CITATION = """\
 @inproceedings{chen2019complement,
@@ -24,6 +25,22 @@ def merge_tags(tags) -> list[str]:
     return tags + [t for t in TAGS if t not in tags]
 
 
+def project_link() -> str:
+    """``[hf-cot](url)`` with the first ``[project.urls]`` entry of the installed package, or plain ``hf-cot`` when it
+    declares none (hf-cot is not on PyPI, so a PyPI link would point to nothing)."""
+    from importlib import metadata
+
+    try:
+        urls = metadata.metadata("hf-cot").get_all("Project-URL") or []
+    except metadata.PackageNotFoundError:
+        urls = []
+    for entry in urls:  # "Label, https://..."
+        url = entry.split(",", 1)[-1].strip()
+        if url.startswith(("https://", "http://")):
+            return f"[hf-cot]({url})"
+    return "hf-cot"
+
+
 def add_cot_section(card_path: str, cot_mode: str) -> None:
     """Append the COT section (paper link, what the losses mean, bibtex) to a model card, once."""
     if not os.path.isfile(card_path):
@@ -33,7 +50,7 @@ def add_cot_section(card_path: str, cot_mode: str) -> None:
     if "## Complement Objective Training" in card:  # written once (TRL rewrites the card at every checkpoint)
         return
     section = (
-        f"\n## Complement Objective Training\n\nTrained with [hf-cot](https://pypi.org/project/hf-cot/) "
+        f"\n## Complement Objective Training\n\nTrained with {project_link()} "
         f"(`cot_mode={cot_mode!r}`), which implements [Complement Objective Training]"
         f"(https://arxiv.org/abs/{ARXIV_ID}) (Chen et al., ICLR 2019). The losses reported above are "
         f"the plain cross-entropy, comparable with a run of the plain Trainer. Cite the method as:\n\n"

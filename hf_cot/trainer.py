@@ -75,13 +75,13 @@ class COTMixin:
     _tag_names = TAGS
     _paper = PAPER
 
+    _args_class_name = "COTTrainingArguments (or COTSeq2SeqTrainingArguments)"
+
     def __init__(self, *args, **kwargs):
+        # Checked before the parent's __init__, which already changes the model (device placement, TRL's patches).
+        self._check_arguments_class(kwargs.get("args", args[1] if len(args) > 1 else None))
         super().__init__(*args, **kwargs)
-        if not isinstance(self.args, COTArgumentsMixin):
-            raise TypeError(
-                f"{type(self).__name__} needs COTTrainingArguments (or COTSeq2SeqTrainingArguments), got "
-                f"{type(self.args).__name__}: swap the arguments class, the COT fields live there"
-            )
+        self._check_arguments_class(self.args)  # None above: the parent built default arguments
         self.cot_mode = self.args.cot_mode
         self._complement: ComplementStep | None = None  # alternating only, built with the primary's scheduler
         self._cot_window: list = []
@@ -122,6 +122,13 @@ class COTMixin:
             self.model.add_model_tags(self._tag_names)
 
     # ------------------------------------------------------------------ checks
+
+    def _check_arguments_class(self, args) -> None:
+        if args is not None and not isinstance(args, COTArgumentsMixin):
+            raise TypeError(
+                f"{type(self).__name__} needs {self._args_class_name}, got {type(args).__name__}: swap the arguments "
+                "class, the COT fields live there"
+            )
 
     def _check_alternating_supported(self) -> None:
         """Refuse at construction what the alternating step cannot do, never in the middle of a run."""

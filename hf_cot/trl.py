@@ -19,8 +19,8 @@ What TRL does differently from `Trainer` (read on TRL 1.16.0), and how the COT m
 * Everything else - datasets (prompt/completion, conversational, completion-only and assistant-only loss via `-100`
   labels), packing and padding-free batches, PEFT, the model card with TRL's tags - is `SFTTrainer`'s own.
 
-Refused in the COT modes, with a message: `use_liger_kernel` (Liger replaces the forward and its loss) and
-`loss_type="dft"` (a reweighted NLL; COT's objective is defined on the plain CE).
+Refused in the COT modes by `COTSFTConfig` itself, with a message: `use_liger_kernel` (Liger replaces the forward and
+its loss) and `loss_type="dft"` (a reweighted NLL; COT's objective is defined on the plain CE).
 """
 
 from __future__ import annotations
@@ -45,34 +45,51 @@ from .trainer import COTMixin
 __all__ = ["COTSFTConfig", "COTSFTTrainer"]
 
 
+def _trl_conflict(config) -> str | None:
+    """What in an `SFTConfig` cannot be combined with a COT mode (None when nothing)."""
+    if config.cot_mode == "off":
+        return None
+    if getattr(config, "use_liger_kernel", False):
+        return (
+            f"use_liger_kernel cannot be combined with cot_mode={config.cot_mode!r}: Liger replaces the model's "
+            "forward and computes its own loss, so COT never sees the logits. Use cot_mode='off' with Liger."
+        )
+    if getattr(config, "loss_type", "nll") != "nll":
+        return (
+            f"loss_type={config.loss_type!r} cannot be combined with cot_mode={config.cot_mode!r}: COT's objective is "
+            "built on the plain cross-entropy (loss_type='nll')."
+        )
+    return None
+
+
 @dataclass
 class COTSFTConfig(COTArgumentsMixin, trl.SFTConfig):
     """`trl.SFTConfig` plus the COT fields (see `hf_cot.COTArgumentsMixin`)."""
 
     def __post_init__(self):
         self._validate_cot_fields()
+        conflict = _trl_conflict(self)  # refused here, before a trainer patches or tags any model
+        if conflict:
+            raise ValueError(conflict)
         super().__post_init__()
 
 
 class COTSFTTrainer(COTMixin, trl.SFTTrainer):
     """`trl.SFTTrainer` with Complement Objective Training. Needs `COTSFTConfig`. `cot_mode="off"` is `SFTTrainer`."""
 
+    _args_class_name = "COTSFTConfig"
+    # The card's method and citation slots stay SFTTrainer's (it names no paper); the COT paper goes into the card's
+    # own COT section. In cot_mode="off" the tags are SFTTrainer's too (`__init__`), so that the card is its card.
+    _paper = trl.SFTTrainer._paper
     _tag_names = ["trl", "sft", *TAGS]
 
     def __init__(self, *args, **kwargs):
+        config = kwargs.get("args", args[1] if len(args) > 1 else None)
+        if getattr(config, "cot_mode", None) == "off":
+            self._tag_names = trl.SFTTrainer._tag_names
+        elif isinstance(config, COTArgumentsMixin) and _trl_conflict(config):  # changed after construction
+            raise ValueError(_trl_conflict(config))
         super().__init__(*args, **kwargs)
-        if self.cot_mode == "off":
-            return
-        if getattr(self.args, "use_liger_kernel", False):
-            raise ValueError(
-                f"use_liger_kernel cannot be combined with cot_mode={self.cot_mode!r}: Liger replaces the model's "
-                "forward and computes its own loss, so COT never sees the logits. Use cot_mode='off' with Liger."
-            )
-        if getattr(self.args, "loss_type", "nll") != "nll":
-            raise ValueError(
-                f"loss_type={self.args.loss_type!r} cannot be combined with cot_mode={self.cot_mode!r}: COT's "
-                "objective is built on the plain cross-entropy (loss_type='nll')."
-            )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.cot_mode == "off":

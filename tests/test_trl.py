@@ -142,13 +142,32 @@ def test_lora_alternating_trains_only_the_adapters(tokenizer, out_dir):
 @pytest.mark.parametrize(
     "kw,match", [({"use_liger_kernel": True}, "use_liger_kernel"), ({"loss_type": "dft"}, "loss_type")]
 )
-def test_what_cannot_work_is_refused(tokenizer, out_dir, kw, match):
-    try:
-        args = _config(out_dir, COTSFTConfig, cot_mode="joint", **kw)
-    except (ImportError, ValueError) as err:  # TRL itself may refuse Liger when it is not installed
-        pytest.skip(f"TRL refuses the configuration itself: {err}")
-    with pytest.raises((ValueError, ImportError), match=match):
-        COTSFTTrainer(model=tiny_llama(), args=args, train_dataset=prompt_completion(), processing_class=tokenizer)
+def test_what_cannot_work_is_refused_by_the_config(out_dir, kw, match):
+    """Refused when the configuration is built, before any trainer patches or tags a model; 'off' accepts it."""
+    with pytest.raises(ValueError, match=match):
+        _config(out_dir, COTSFTConfig, cot_mode="joint", **kw)
+    if "loss_type" in kw:
+        assert _config(out_dir, COTSFTConfig, cot_mode="off", **kw).loss_type == "dft"
+
+
+def test_the_wrong_arguments_class_is_refused_before_the_model_changes(tokenizer, out_dir):
+    model = tiny_llama()
+    with pytest.raises(TypeError, match="COTSFTTrainer needs COTSFTConfig, got SFTConfig"):
+        COTSFTTrainer(model=model, args=_config(out_dir, trl.SFTConfig), train_dataset=prompt_completion(),
+                      processing_class=tokenizer)  # fmt: skip
+    assert getattr(model, "model_tags", None) is None  # SFTTrainer.__init__ (which tags the model) never ran
+
+
+def test_off_writes_sft_trainers_model_card(tokenizer, out_dir):
+    cards = []
+    for cls, config_cls in ((trl.SFTTrainer, trl.SFTConfig), (COTSFTTrainer, COTSFTConfig)):
+        kw = {"cot_mode": "off"} if config_cls is COTSFTConfig else {}
+        path = f"{out_dir}/{cls.__name__}"
+        trainer = cls(model=tiny_llama(), args=_config(path, config_cls, max_steps=1, **kw),
+                      train_dataset=prompt_completion(), processing_class=tokenizer)  # fmt: skip
+        trainer.create_model_card(model_name="tiny")
+        cards.append(open(f"{path}/README.md", encoding="utf-8").read())
+    assert cards[0] == cards[1]
 
 
 def test_model_card_has_trl_and_cot_tags_and_the_paper(tokenizer, out_dir):
@@ -160,6 +179,9 @@ def test_model_card_has_trl_and_cot_tags_and_the_paper(tokenizer, out_dir):
     for tag in ("trl", "sft", "hf-cot", "complement-objective-training"):
         assert tag in card
     assert "https://arxiv.org/abs/1903.01182" in card and "## Complement Objective Training" in card
+    # TRL's method/citation slots stay SFT's: the COT paper is not presented as SFT's, its BibTeX appears once
+    assert "a method introduced in" not in card and card.count("@inproceedings{chen2019complement") == 1
+    assert "pypi.org/project/hf-cot" not in card  # not on PyPI: no link to nothing
 
 
 def test_a_clear_import_error_without_trl():
