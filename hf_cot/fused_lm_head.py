@@ -38,8 +38,6 @@ from transformers.utils import ModelOutput
 from .linear_losses import linear_complement_terms
 from .modeling import base_model, shifts_labels
 
-_INSTALLED = "_hf_cot_fused_lm_head"
-
 
 @dataclass
 class FusedCOTOutput(ModelOutput):
@@ -117,35 +115,44 @@ def fused_lm_head_problem(model, *, label_smoothing: float = 0.0, distributed: s
 
 
 def install_fused_lm_head(model) -> None:
-    """Wrap the model's forward (on the instance, once) to accept ``cot_fused_lm_head=True``."""
+    """Wrap the model's forward (on the instance, once) to accept ``cot_fused_lm_head=True``.
+
+    The wrapper is a `functools.partial` of a module-level function over the model, the forward it replaces and the
+    logit transform - no closure over the instance - so that ``copy.deepcopy`` and pickling give a copy whose forward
+    (ordinary and fused) computes with the *copy's* parameters (deepcopy maps the partial's arguments to the copy).
+    """
     base = base_model(model)
-    if getattr(base, _INSTALLED, False):
+    if is_installed(base):
         return
-    original_forward = base.forward
     logit_scale, softcap = logit_transform(model)
-
+    forward = functools.partial(_forward, base, base.forward, logit_scale, softcap)
     # The original signature is kept: `generate` validates its keyword arguments against it.
-    @functools.wraps(type(base).forward)
-    def forward(self, *args, cot_fused_lm_head: bool = False, labels=None, **kwargs):
-        if not cot_fused_lm_head:
-            if labels is not None:
-                kwargs["labels"] = labels
-            return original_forward(*args, **kwargs)
-        kwargs["use_cache"] = False
-        # Looked up on every call: PEFT injects its layers into the backbone after installation.
-        hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
-        head = self.get_output_embeddings()
-        # Checked again per call: the head may have been wrapped (PEFT, quantization) after the trainer was built.
-        if not is_plain_linear(head):
-            raise TypeError(
-                f"the fused LM head needs a plain nn.Linear head, got {type(head).__name__} (wrapped after the trainer "
-                "was built?): set --cot_fused_lm_head false"
-            )
-        terms = _project(head, hidden, labels[:, 1:], logit_scale, softcap)
-        return FusedCOTOutput(**terms, vocab_size=head.out_features)
+    functools.update_wrapper(forward, base.forward)
+    base.forward = forward
 
-    base.forward = types.MethodType(forward, base)
-    setattr(base, _INSTALLED, True)
+
+def is_installed(model) -> bool:
+    forward = base_model(model).__dict__.get("forward")
+    return isinstance(forward, functools.partial) and forward.func is _forward
+
+
+def _forward(self, original_forward, logit_scale, softcap, *args, cot_fused_lm_head: bool = False, labels=None, **kw):
+    if not cot_fused_lm_head:
+        if labels is not None:
+            kw["labels"] = labels
+        return original_forward(*args, **kw)
+    kw["use_cache"] = False
+    # Looked up on every call: PEFT injects its layers into the backbone after installation.
+    hidden = self.base_model(*args, **kw).last_hidden_state[:, :-1]
+    head = self.get_output_embeddings()
+    # Checked again per call: the head may have been wrapped (PEFT, quantization) after the trainer was built.
+    if not is_plain_linear(head):
+        raise TypeError(
+            f"the fused LM head needs a plain nn.Linear head, got {type(head).__name__} (wrapped after the trainer "
+            "was built?): set --cot_fused_lm_head false"
+        )
+    terms = _project(head, hidden, labels[:, 1:], logit_scale, softcap)
+    return FusedCOTOutput(**terms, vocab_size=head.out_features)
 
 
 _FSDP_METHOD = "_hf_cot_complement_terms"

@@ -8,7 +8,7 @@ import torch
 
 from hf_cot import COTTrainer, COTTrainingArguments
 from hf_cot.fused_lm_head import fused_lm_head_problem, logit_transform
-from testing_utils import causal_lm_data, max_param_diff, tiny_causal_lm, tiny_token_classifier
+from testing_utils import batch_of, causal_lm_data, max_param_diff, tiny_causal_lm, tiny_token_classifier
 
 MODES = ["joint", "guided", "alternating"]
 
@@ -126,6 +126,33 @@ def test_generation_is_unchanged_after_installation(tmp_path):
     prompt = torch.tensor([[1, 5, 9, 3]])
     kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert torch.equal(model.generate(prompt, **kwargs), reference.generate(prompt, **kwargs))
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copy_of_the_model_computes_with_its_own_weights(how, tmp_path):
+    """EMA callbacks, reference models and model soups copy the trained model: the copy's ordinary and fused forwards
+    must use the copy's parameters (a closure over the original's bound forward would keep using the original's)."""
+    import pickle
+
+    model = _tiny("llama")
+    COTTrainer(model=model, args=_args(tmp_path))  # installs the fused forward
+    copy_ = copy.deepcopy(model) if how == "deepcopy" else pickle.loads(pickle.dumps(model))
+    batch = batch_of(causal_lm_data(n=2))
+    torch.testing.assert_close(copy_(**batch).logits, model(**batch).logits)
+    before = model(**batch).logits.detach().clone()
+    with torch.no_grad():
+        for p in copy_.parameters():
+            p.zero_()
+    assert (copy_(**batch).logits == 0).all()  # zero weights, no bias: zero logits
+    assert torch.equal(model(**batch).logits, before)  # the original is untouched
+    fused = copy_(**batch, cot_fused_lm_head=True)  # all logits 0: every complement entropy is log(V - 1)
+    valid = fused.valid
+    torch.testing.assert_close(
+        fused.complement_entropy[valid], torch.full_like(fused.complement_entropy[valid], 63.0).log()
+    )
+    prompt, kwargs = torch.tensor([[1, 5, 9, 3]]), dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert torch.equal(copy_.generate(prompt, **kwargs)[0, 4:], torch.zeros(4, dtype=torch.long))  # argmax of zeros
+    assert not torch.equal(model.generate(prompt, **kwargs)[0, 4:], torch.zeros(4, dtype=torch.long))
 
 
 def test_lora_adapters_train_the_same(tmp_path):
