@@ -162,6 +162,10 @@ class ComplementStep:
     ``entropy_fn(inputs) -> (entropy_sum, num_classes)`` runs one micro-batch forward (no labels) and returns the
     summed complement entropy of its valid positions with its graph; the trainer supplies it (input preparation,
     autocast and logits alignment are the trainer's business).
+
+    A mixture-of-experts model's router load-balancing loss is not part of this step: it belongs to the model's own
+    objective, which the primary (CE) step already optimizes once per optimizer step; adding it here as well would
+    double its weight and tie the router's balance to the complement learning rate.
     """
 
     def __init__(self, primary: torch.optim.Optimizer, args, num_training_steps: int):

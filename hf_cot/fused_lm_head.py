@@ -9,8 +9,9 @@ the original forward runs, so generation and evaluation with logits are unchange
 Which models qualify (`fused_lm_head_problem` says why one does not): a causal LM whose head is a plain
 ``nn.Linear`` that is a direct child of the model, applied to the backbone's ``last_hidden_state`` with at most the
 logit transforms TRL knows (a scale under one of four config names, final soft-capping). Heads with more layers
-(``BertLMHeadModel``'s transform), quantized or PEFT-wrapped heads, mixture-of-experts models that add a router loss,
-label smoothing and FSDP1 keep the materialized path.
+(``BertLMHeadModel``'s transform), quantized or PEFT-wrapped heads, label smoothing and FSDP1 keep the materialized
+path. Mixture-of-experts models that add a router load-balancing loss get it computed from the backbone's router
+logits, as their own forward (and TRL's fused forward) computes it (``FusedCOTOutput.aux_loss``).
 
 Sharded heads (`_project`): the projection runs where each engine's own machinery gathers the head's weight for the
 forward *and* the backward and reduces its gradient, instead of reading whatever the weight happens to be:
@@ -49,6 +50,7 @@ class FusedCOTOutput(ModelOutput):
     is_top1: torch.Tensor | None = None
     valid: torch.Tensor | None = None
     vocab_size: int | None = None
+    aux_loss: torch.Tensor | None = None  # mixture-of-experts: the router load-balancing loss, unweighted
 
 
 def _text_config(model):
@@ -105,8 +107,6 @@ def fused_lm_head_problem(model, *, label_smoothing: float = 0.0, distributed: s
             f"{type(base).__name__} does not apply its head directly to the backbone's last hidden state "
             f"(modules with weights besides backbone and head: {extra or 'the head is nested'})"
         )
-    if getattr(_text_config(model), "output_router_logits", False):
-        return "the model adds a router load-balancing loss (output_router_logits=True)"
     if label_smoothing > 0:
         return "label_smoothing_factor > 0 needs every logit of the cross-entropy"
     if distributed:  # the engine's reason, e.g. FSDP1's flat parameters
@@ -142,8 +142,12 @@ def _forward(self, original_forward, logit_scale, softcap, *args, cot_fused_lm_h
             kw["labels"] = labels
         return original_forward(*args, **kw)
     kw["use_cache"] = False
+    text_config = _text_config(self)
+    if getattr(text_config, "output_router_logits", False):  # like the model's own forward
+        kw.setdefault("output_router_logits", True)
     # Looked up on every call: PEFT injects its layers into the backbone after installation.
-    hidden = self.base_model(*args, **kw).last_hidden_state[:, :-1]
+    backbone = self.base_model(*args, **kw)
+    hidden = backbone.last_hidden_state[:, :-1]
     head = self.get_output_embeddings()
     # Checked again per call: the head may have been wrapped (PEFT, quantization) after the trainer was built.
     if not is_plain_linear(head):
@@ -152,7 +156,20 @@ def _forward(self, original_forward, logit_scale, softcap, *args, cot_fused_lm_h
             "was built?): set --cot_fused_lm_head false"
         )
     terms = _project(head, hidden, labels[:, 1:], logit_scale, softcap)
-    return FusedCOTOutput(**terms, vocab_size=head.out_features)
+    aux_loss = _router_loss(self, text_config, backbone, kw) if kw.get("output_router_logits") else None
+    return FusedCOTOutput(**terms, vocab_size=head.out_features, aux_loss=aux_loss)
+
+
+def _router_loss(model, text_config, backbone_outputs, kwargs) -> torch.Tensor:
+    """The load-balancing loss the model's own forward computes from its router logits (Mixtral's function, which
+    the other mixture-of-experts families of transformers share), read as TRL 1.16's fused forward reads it."""
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    # transformers 4.x keeps the expert counts on the model (Mixtral's config says num_local_experts), 5.x on the config
+    num_experts = getattr(model, "num_experts", None) or getattr(text_config, "num_experts", None)
+    num_experts = num_experts or text_config.num_local_experts
+    top_k = getattr(model, "num_experts_per_tok", None) or text_config.num_experts_per_tok
+    return load_balancing_loss_func(backbone_outputs.router_logits, num_experts, top_k, kwargs.get("attention_mask"))
 
 
 _FSDP_METHOD = "_hf_cot_complement_terms"

@@ -114,6 +114,18 @@ def aligned_logits(outputs, labels: torch.Tensor, shift: bool) -> tuple[torch.Te
     return logits, labels
 
 
+def router_aux_loss_coef(model) -> float:
+    """The weight a mixture-of-experts model gives its router load-balancing loss in its own loss (0 when it adds
+    none): ``router_aux_loss_coef`` when its (text) config has ``output_router_logits`` on."""
+    config = _config(model)
+    if config is None:
+        return 0.0
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if not getattr(config, "output_router_logits", False):
+        return 0.0
+    return float(getattr(config, "router_aux_loss_coef", 0.0) or 0.0)
+
+
 def count_valid(labels: torch.Tensor, shift: bool) -> torch.Tensor:
     """Labels that count (not -100), after the causal shift."""
     if shift:

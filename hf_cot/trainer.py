@@ -46,7 +46,15 @@ from .losses import (
     per_sample_complement_entropy,
 )
 from .model_card import PAPER, TAGS, add_cot_section, merge_tags
-from .modeling import aligned_logits, check_model_head, count_valid, shifts_labels, single_label_name, split_labels
+from .modeling import (
+    aligned_logits,
+    check_model_head,
+    count_valid,
+    router_aux_loss_coef,
+    shifts_labels,
+    single_label_name,
+    split_labels,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -207,6 +215,8 @@ class COTMixin:
     def _forward(self, model, inputs: dict):
         """One forward without labels; returns ``(outputs, logits, labels)`` aligned position by position."""
         labels, model_inputs = split_labels(self.model, inputs, self._label_name)
+        if router_aux_loss_coef(self.model):  # as TRL: VLM wrappers return aux_loss only when asked in the call
+            model_inputs["output_router_logits"] = True
         outputs = model(**model_inputs)
         logits, labels = aligned_logits(outputs, labels, shifts_labels(self.model))
         return outputs, logits, labels
@@ -248,12 +258,13 @@ class COTMixin:
             self._cot_in_training_step = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The loss to backpropagate, whose *value* is always the plain cross-entropy.
+        """The loss to backpropagate, whose *value* is always the plain model loss.
 
         Training differentiates the mode's objective (CE; CE + weight * complement objective; GCE), but the returned
         value - what the Trainer logs as ``loss``/``eval_loss``, what ``metric_for_best_model="loss"``, early stopping
-        and the model card see - is the token/label-averaged cross-entropy, the number a plain ``Trainer`` reports
-        for the same weights and batch. The complement part is logged next to it (``complement_loss``,
+        and the model card see - is the token/label-averaged cross-entropy (plus a mixture-of-experts model's router
+        load-balancing loss, which stays in the objective too), the number a plain ``Trainer`` reports for the same
+        weights and batch. The complement part is logged next to it (``complement_loss``,
         ``complement_entropy``, ``eval_complement_entropy``).
         """
         if self.cot_mode == "off":
@@ -262,7 +273,28 @@ class COTMixin:
             )
         if self._cot_fused and (self._cot_in_training_step or not self._cot_eval_wants_logits):
             loss, outputs = self._fused_loss(model, inputs)
+            loss = self._add_router_loss(loss, outputs)
             return (loss, outputs) if return_outputs else loss
+        loss, outputs = self._logits_loss(model, inputs)
+        loss = self._add_router_loss(loss, outputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def _add_router_loss(self, loss: torch.Tensor, outputs) -> torch.Tensor:
+        """What a mixture-of-experts model's own forward adds to its loss: ``router_aux_loss_coef x aux_loss``.
+
+        It is part of the objective (gradient) and of the reported value, as in the plain Trainer. In training it is
+        averaged over the micro-batches of the accumulation window (as TRL's SFTTrainer does; DDP averages it over
+        processes): at gradient accumulation 1 this is exactly the model's loss.
+        """
+        coef = router_aux_loss_coef(self.model)
+        aux = outputs.get("aux_loss") if isinstance(outputs, dict) else getattr(outputs, "aux_loss", None)
+        if coef == 0 or aux is None:
+            return loss
+        steps = len(self._cot_window) if self._cot_in_training_step and self._cot_window else 1
+        return loss + coef * aux.to(loss.device) / steps
+
+    def _logits_loss(self, model, inputs: dict):
+        """`compute_loss` from the logits: ``(loss, outputs)``."""
         outputs, logits, labels = self._forward(model, inputs)
         denominator = self._loss_denominator((labels != -100).sum())
         num_classes = logits.shape[-1]
@@ -270,8 +302,7 @@ class COTMixin:
         if not self._cot_in_training_step:  # evaluation / prediction: CE, and the complement entropy to report
             check_label_range(flat_labels, num_classes)
             self._cot_eval_batch = per_sample_complement_entropy(logits, labels)
-            loss = self._cross_entropy_sum(flat_logits, flat_labels) / denominator
-            return (loss, outputs) if return_outputs else loss
+            return self._cross_entropy_sum(flat_logits, flat_labels) / denominator, outputs
         if self.cot_mode == "guided":
             entropy, log_pg, valid = complement_terms(flat_logits, flat_labels)
             guided_sum = guided_rows(entropy, log_pg, valid, num_classes, self.args.guided_alpha).sum()
@@ -287,7 +318,7 @@ class COTMixin:
                 complement_entropy(flat_logits, flat_labels, reduction="sum") if self.cot_mode == "joint" else None
             )
             loss = self._training_loss(ce_sum, denominator, num_classes, entropy_sum)
-        return (loss, outputs) if return_outputs else loss
+        return loss, outputs
 
     def _training_loss(self, ce_sum, denominator, num_classes: int, entropy_sum=None, guided_sum=None):
         """The mode's training loss from its summed terms, with the *value* of the cross-entropy; logs the complement.

@@ -129,3 +129,6 @@ class COTSFTTrainer(COTMixin, trl.SFTTrainer):
                 raise ValueError("Expected 'attention_mask' or 'position_ids' in inputs.")
             self._total_train_tokens += num_tokens // getattr(self, "_tp_size", 1)
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        aux_loss = getattr(outputs, "aux_loss", None)
+        if getattr(self, "aux_loss_enabled", False) and aux_loss is not None:  # TRL's MoE router-loss metric
+            self._metrics[mode]["aux_loss"].append(gather(aux_loss.detach()).mean().item())

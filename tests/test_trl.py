@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from testing_utils import prompt_completion, tiny_llama, word_tokenizer
+from testing_utils import prompt_completion, tiny_llama, tiny_moe, word_tokenizer
 
 trl = pytest.importorskip("trl")
 
@@ -92,6 +92,27 @@ def test_top1_ties_count_as_sft_trainer_counts_them(tokenizer, out_dir):
     assert cot._cot_fused
     (got,), (want,) = _lines(cot), _lines(plain)
     assert got["mean_token_accuracy"] == pytest.approx(want["mean_token_accuracy"], abs=1e-6)
+
+
+@pytest.mark.parametrize("ga", [1, 2])
+def test_moe_router_loss_is_reported_as_sft_trainer_reports_it(tokenizer, out_dir, ga):
+    """A mixture-of-experts model: TRL adds router_aux_loss_coef x aux_loss (averaged over the accumulation window)
+    to its loss and logs aux_loss; the COT modes must report the same numbers on the same weights."""
+    kw = dict(optim="sgd", learning_rate=0.0, gradient_accumulation_steps=ga, max_steps=2)
+    plain = trl.SFTTrainer(model=tiny_moe("mixtral"), args=_config(out_dir + "/sft", trl.SFTConfig, **kw),
+                           train_dataset=prompt_completion(), processing_class=tokenizer)  # fmt: skip
+    cot = COTSFTTrainer(model=tiny_moe("mixtral"), args=_config(out_dir + "/cot", COTSFTConfig, cot_mode="joint", **kw),
+                        train_dataset=prompt_completion(), processing_class=tokenizer)  # fmt: skip
+    plain.train()
+    cot.train()
+    assert cot._cot_fused
+    want = [h for h in plain.state.log_history if "loss" in h]
+    got = [h for h in cot.state.log_history if "loss" in h]
+    assert len(got) == len(want) == 2
+    for g, w in zip(got, want, strict=True):
+        assert w["aux_loss"] > 0
+        for key in ("loss", "aux_loss", "mean_token_accuracy"):
+            assert g[key] == pytest.approx(w[key], abs=1e-5), (key, g, w)
 
 
 def test_packing_reports_what_sft_trainer_reports(tokenizer, out_dir):

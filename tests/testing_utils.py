@@ -209,3 +209,28 @@ def prompt_completion(n=24, seed=0):
     rows = [{"prompt": words(int(torch.randint(2, 6, (1,), generator=g))),
              "completion": words(int(torch.randint(1, 6, (1,), generator=g)))} for _ in range(n)]  # fmt: skip
     return Dataset.from_list(rows)
+
+
+def tiny_moe(arch: str, router_aux_loss_coef: float = 0.5):
+    """Tiny mixture-of-experts causal LMs with their router load-balancing loss on (output_router_logits)."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    # expert sizes multiples of 16 bytes: transformers 5's grouped expert matmul needs aligned strides
+    common = dict(vocab_size=61, hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, max_position_embeddings=64, pad_token_id=0, output_router_logits=True,
+                  router_aux_loss_coef=router_aux_loss_coef, num_experts_per_tok=2)  # fmt: skip
+    if arch == "mixtral":
+        return tf.MixtralForCausalLM(tf.MixtralConfig(num_local_experts=4, **common))
+    if arch == "qwen2_moe":
+        config = tf.Qwen2MoeConfig(
+            num_experts=4, moe_intermediate_size=16, shared_expert_intermediate_size=16, **common
+        )
+        return tf.Qwen2MoeForCausalLM(config)
+    if arch == "qwen3_moe":
+        return tf.Qwen3MoeForCausalLM(
+            tf.Qwen3MoeConfig(num_experts=4, moe_intermediate_size=16, head_dim=16, **common)
+        )
+    if arch == "olmoe":
+        return tf.OlmoeForCausalLM(tf.OlmoeConfig(num_experts=4, **common))
+    raise ValueError(arch)
