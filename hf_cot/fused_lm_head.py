@@ -42,7 +42,8 @@ from .modeling import base_model, shifts_labels
 
 @dataclass
 class FusedCOTOutput(ModelOutput):
-    """Per shifted position (``[batch, seq - 1]``, 0 where the label is -100): the COT terms of the fused head."""
+    """Per scored position (``[batch, seq - 1]``, or ``[batch, seq]`` with pre-shifted ``shift_labels``; 0 where the
+    label is -100): the COT terms of the fused head."""
 
     complement_entropy: torch.Tensor | None = None
     log_probs: torch.Tensor | None = None
@@ -136,10 +137,13 @@ def is_installed(model) -> bool:
     return isinstance(forward, functools.partial) and forward.func is _forward
 
 
-def _forward(self, original_forward, logit_scale, softcap, *args, cot_fused_lm_head: bool = False, labels=None, **kw):
+def _forward(
+    self, original_forward, logit_scale, softcap, *args, cot_fused_lm_head=False, labels=None, shift_labels=None, **kw
+):
     if not cot_fused_lm_head:
-        if labels is not None:
-            kw["labels"] = labels
+        for key, value in (("labels", labels), ("shift_labels", shift_labels)):
+            if value is not None:
+                kw[key] = value
         return original_forward(*args, **kw)
     kw["use_cache"] = False
     text_config = _text_config(self)
@@ -147,7 +151,9 @@ def _forward(self, original_forward, logit_scale, softcap, *args, cot_fused_lm_h
         kw.setdefault("output_router_logits", True)
     # Looked up on every call: PEFT injects its layers into the backbone after installation.
     backbone = self.base_model(*args, **kw)
-    hidden = backbone.last_hidden_state[:, :-1]
+    # pre-shifted labels (context parallelism) are scored as they are; plain labels are shifted by one
+    hidden = backbone.last_hidden_state if shift_labels is not None else backbone.last_hidden_state[:, :-1]
+    labels = shift_labels if shift_labels is not None else labels[:, 1:]
     head = self.get_output_embeddings()
     # Checked again per call: the head may have been wrapped (PEFT, quantization) after the trainer was built.
     if not is_plain_linear(head):
@@ -155,7 +161,7 @@ def _forward(self, original_forward, logit_scale, softcap, *args, cot_fused_lm_h
             f"the fused LM head needs a plain nn.Linear head, got {type(head).__name__} (wrapped after the trainer "
             "was built?): set --cot_fused_lm_head false"
         )
-    terms = _project(head, hidden, labels[:, 1:], logit_scale, softcap)
+    terms = _project(head, hidden, labels, logit_scale, softcap)
     aux_loss = _router_loss(self, text_config, backbone, kw) if kw.get("output_router_logits") else None
     return FusedCOTOutput(**terms, vocab_size=head.out_features, aux_loss=aux_loss)
 

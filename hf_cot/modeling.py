@@ -73,19 +73,35 @@ def check_model_head(model, cot_mode: str) -> None:
         )
 
 
-def split_labels(model, inputs: dict, label_name: str) -> tuple[torch.Tensor, dict]:
-    """``(labels, model_inputs)``: the batch without its labels, so that the model computes no loss of its own.
+SHIFT_LABELS = "shift_labels"
+
+
+def batch_labels(model, inputs: dict, label_name: str) -> tuple[torch.Tensor, bool]:
+    """``(labels, shift)``: the labels to score and whether they still need the causal shift.
+
+    Under context / sequence parallelism the batch carries pre-shifted ``shift_labels`` (each rank holds a slice of
+    the sequence, so its last position's label comes from the next slice): they are scored as they are, like TRL's
+    fused forward and transformers' loss functions do.
+    """
+    if inputs.get(SHIFT_LABELS) is not None:
+        return inputs[SHIFT_LABELS], False
+    return inputs[label_name], shifts_labels(model)
+
+
+def split_labels(model, inputs: dict, label_name: str) -> tuple[torch.Tensor, dict, bool]:
+    """``(labels, model_inputs, shift)``: the batch without its labels (``labels`` and ``shift_labels``), so that the
+    model computes no loss of its own, and the labels to score (`batch_labels`).
 
     Models that build decoder inputs from labels get them explicitly: the same decoder inputs then serve the CE and
     the complement forward.
     """
-    if label_name not in inputs:
+    if label_name not in inputs and inputs.get(SHIFT_LABELS) is None:
         raise ValueError(
             f"COT needs labels: the batch has no {label_name!r} key (got {sorted(inputs)}). Check the data collator "
             "and remove_unused_columns."
         )
-    labels = inputs[label_name]
-    model_inputs = {k: v for k, v in inputs.items() if k != label_name}
+    labels, shift = batch_labels(model, inputs, label_name)
+    model_inputs = {k: v for k, v in inputs.items() if k not in (label_name, SHIFT_LABELS)}
     base = base_model(model)
     if getattr(_config(model), "is_encoder_decoder", False) and not (
         "decoder_input_ids" in model_inputs or "decoder_inputs_embeds" in model_inputs
@@ -96,7 +112,7 @@ def split_labels(model, inputs: dict, label_name: str) -> tuple[torch.Tensor, di
                 "(DataCollatorForSeq2Seq(tokenizer, model=model) does)"
             )
         model_inputs["decoder_input_ids"] = base.prepare_decoder_input_ids_from_labels(labels=labels)
-    return labels, model_inputs
+    return labels, model_inputs, shift
 
 
 def aligned_logits(outputs, labels: torch.Tensor, shift: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,6 +48,7 @@ from .losses import (
 from .model_card import PAPER, TAGS, add_cot_section, merge_tags
 from .modeling import (
     aligned_logits,
+    batch_labels,
     check_model_head,
     count_valid,
     router_aux_loss_coef,
@@ -214,11 +215,11 @@ class COTMixin:
 
     def _forward(self, model, inputs: dict):
         """One forward without labels; returns ``(outputs, logits, labels)`` aligned position by position."""
-        labels, model_inputs = split_labels(self.model, inputs, self._label_name)
+        labels, model_inputs, shift = split_labels(self.model, inputs, self._label_name)
         if router_aux_loss_coef(self.model):  # as TRL: VLM wrappers return aux_loss only when asked in the call
             model_inputs["output_router_logits"] = True
         outputs = model(**model_inputs)
-        logits, labels = aligned_logits(outputs, labels, shifts_labels(self.model))
+        logits, labels = aligned_logits(outputs, labels, shift)
         return outputs, logits, labels
 
     def _loss_denominator(self, num_valid: torch.Tensor) -> torch.Tensor:
@@ -240,8 +241,9 @@ class COTMixin:
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         if self.cot_mode != "off" and batch_samples:
-            shift = shifts_labels(self.model)
-            count = torch.stack([count_valid(b[self._label_name], shift) for b in batch_samples]).sum()
+            count = torch.stack(
+                [count_valid(*batch_labels(self.model, b, self._label_name)) for b in batch_samples]
+            ).sum()
             count = count.to(self.args.device)
             if self.accelerator.num_processes > 1:
                 count = self.accelerator.gather(count.reshape(1)).sum()
@@ -343,8 +345,9 @@ class COTMixin:
         return loss
 
     def _fused_forward(self, model, inputs: dict):
-        labels, model_inputs = split_labels(self.model, inputs, self._label_name)
-        return model(**model_inputs, labels=labels, cot_fused_lm_head=True)
+        labels, model_inputs, shift = split_labels(self.model, inputs, self._label_name)
+        kwargs = {"labels": labels} if shift else {"shift_labels": labels}
+        return model(**model_inputs, **kwargs, cot_fused_lm_head=True)
 
     def _fused_loss(self, model, inputs: dict):
         """`compute_loss` for the fused LM head: the same objective from per-token ``H`` and ``log p_g``."""

@@ -128,6 +128,42 @@ def test_generation_is_unchanged_after_installation(tmp_path):
     assert torch.equal(model.generate(prompt, **kwargs), reference.generate(prompt, **kwargs))
 
 
+class PreShifted:
+    """A collator that hands the labels over pre-shifted, as context parallelism does: ``shift_labels[:, t]`` is the
+    label of position t (the next token), the last position -100. Training batches carry no ``labels`` at all;
+    evaluation batches carry ``labels`` of -100 only (so the Trainer computes a loss, and any use of them shows)."""
+
+    def __init__(self, train: bool):
+        self.train = train
+
+    def __call__(self, features):
+        batch = batch_of(features)
+        labels = batch.pop("labels")
+        batch["shift_labels"] = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+        if not self.train:
+            batch["labels"] = torch.full_like(labels, -100)
+        return batch
+
+
+@pytest.mark.parametrize("fused", [None, False])
+@pytest.mark.parametrize("mode", ["joint", "guided", "alternating"])
+def test_pre_shifted_labels_train_like_shifted_ones(mode, fused, tmp_path):
+    data = causal_lm_data(n=12, seed=1)
+    model = _tiny("llama")
+    kw = dict(cot_mode=mode, cot_fused_lm_head=fused, gradient_accumulation_steps=2)
+    plain = _train(copy.deepcopy(model), tmp_path / "p", data, **kw)
+    args = _args(tmp_path / "s", **kw)
+    pre = COTTrainer(model=copy.deepcopy(model), args=args, train_dataset=data, data_collator=PreShifted(train=True))
+    pre.train()
+    assert pre._cot_fused is (fused is None)
+    assert max_param_diff(pre.model, plain.model) <= 1e-6
+    _assert_logs_close(_logs(pre), _logs(plain))
+    pre.data_collator = PreShifted(train=False)
+    got, want = pre.evaluate(data), plain.evaluate(data)
+    for key in ("eval_loss", "eval_complement_entropy"):
+        assert got[key] == pytest.approx(want[key], abs=1e-6), key
+
+
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 def test_a_copy_of_the_model_computes_with_its_own_weights(how, tmp_path):
     """EMA callbacks, reference models and model soups copy the trained model: the copy's ordinary and fused forwards
