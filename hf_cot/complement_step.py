@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 OPTIMIZER_NAME = "complement_optimizer.pt"
 SCHEDULER_NAME = "complement_scheduler.pt"
 STATE_NAME = "complement_state.json"
+RNG_STATE_NAME = "complement_rng_state_{}.pth"
+COMPLEMENT_SEED_OFFSET = 1_000_003  # any fixed offset: a stream distinct from the Trainer's own
 
 _USE_JOINT = (
     "Use cot_mode='joint' (or 'guided'): a single loss, one optimizer, which works with every optimizer the Trainer "
@@ -189,6 +191,11 @@ class ComplementStep:
         self.steps = 0
         self.skipped_steps = 0
         self._warned_empty_window = False
+        # The complement forwards draw their random numbers (dropout) from a stream of their own, seeded from the
+        # run's seed: the CE steps then draw exactly what they would draw in cot_mode="off" (so "alternating with a
+        # zero complement learning rate" is "off" even with dropout), and the two updates do not share masks.
+        self._rng_seed = args.seed + COMPLEMENT_SEED_OFFSET
+        self.rng_state: dict | None = None  # {"cpu": tensor, "device": tensor or None}: saved with the checkpoint
 
     def __call__(
         self,
@@ -221,15 +228,16 @@ class ComplementStep:
         model.zero_grad(set_to_none=True)  # the CE gradients must not leak into the complement step
         entropy_sum = torch.zeros((), device=denominator.device)
         scale = None
-        for i, inputs in enumerate(window):
-            # One gradient all-reduce per step: every micro-batch but the last accumulates locally.
-            sync = contextlib.nullcontext() if i == len(window) - 1 else accelerator.no_sync(model)
-            with sync:
-                batch_entropy, num_classes = entropy_fn(inputs)
-                scale = complement_normalizer(num_classes, self.normalization)
-                accelerator.backward(-batch_entropy / scale / denominator)
-            entropy_sum += batch_entropy.detach()
-            del batch_entropy
+        with self._own_rng(denominator.device):
+            for i, inputs in enumerate(window):
+                # One gradient all-reduce per step: every micro-batch but the last accumulates locally.
+                sync = contextlib.nullcontext() if i == len(window) - 1 else accelerator.no_sync(model)
+                with sync:
+                    batch_entropy, num_classes = entropy_fn(inputs)
+                    scale = complement_normalizer(num_classes, self.normalization)
+                    accelerator.backward(-batch_entropy / scale / denominator)
+                entropy_sum += batch_entropy.detach()
+                del batch_entropy
 
         optimizer = self.optimizer
         params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -261,6 +269,37 @@ class ComplementStep:
         # Normalized like the loss (count / num_processes); the trainer's log averages over processes.
         mean_entropy = entropy_sum / denominator
         return {"complement_entropy": mean_entropy, "complement_loss": -mean_entropy / scale}
+
+    @contextlib.contextmanager
+    def _own_rng(self, device: torch.device):
+        """Run the block on the complement's random stream; the global generators (CPU and ``device``'s) come back
+        untouched afterwards, as `torch.random.fork_rng` guarantees."""
+        accelerator_rng = getattr(torch, device.type) if device.type != "cpu" else None
+        devices = [device] if accelerator_rng is not None else []
+        with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+            if self.rng_state is None:
+                torch.random.default_generator.manual_seed(self._rng_seed)
+                if accelerator_rng is not None:
+                    accelerator_rng.manual_seed(self._rng_seed)  # the current device only
+            else:
+                torch.set_rng_state(self.rng_state["cpu"])
+                if accelerator_rng is not None and self.rng_state["device"] is not None:
+                    accelerator_rng.set_rng_state(self.rng_state["device"], device)
+            yield
+            self.rng_state = {
+                "cpu": torch.get_rng_state(),
+                "device": accelerator_rng.get_rng_state(device) if accelerator_rng is not None else None,
+            }
+
+    def save_rng_state(self, output_dir: str, process_index: int) -> None:
+        """Every process writes its own stream (as the Trainer writes ``rng_state_<rank>.pth``)."""
+        if self.rng_state is not None:
+            torch.save(self.rng_state, os.path.join(output_dir, RNG_STATE_NAME.format(process_index)))
+
+    def load_rng_state(self, checkpoint: str, process_index: int) -> None:
+        path = os.path.join(checkpoint, RNG_STATE_NAME.format(process_index))
+        if os.path.isfile(path):
+            self.rng_state = torch.load(path, weights_only=True)
 
     def follow_primary(self) -> None:
         """Keep the copy over the primary's *current* parameter objects (and its state with them).

@@ -544,6 +544,16 @@ class COTMixin:
         if self.args.should_save:
             self._complement.save(output_dir, optimizer_state=not self.is_fsdp_enabled)
 
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        if self._complement is not None:
+            self._complement.save_rng_state(output_dir, self.args.process_index)
+
+    def _load_rng_state(self, checkpoint) -> None:
+        super()._load_rng_state(checkpoint)
+        if checkpoint is not None and self._complement is not None:
+            self._complement.load_rng_state(checkpoint, self.args.process_index)
+
     def _load_optimizer_and_scheduler(self, checkpoint) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
         # Runs after create_scheduler (transformers: "_load_optimizer_and_scheduler" follows it), so it exists.

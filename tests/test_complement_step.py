@@ -15,7 +15,7 @@ from testing_utils import naive_entropy
 def _args(**kw):
     base = dict(
         learning_rate=0.1, effective_complement_learning_rate=0.05, lr_scheduler_type="linear", lr_scheduler_kwargs={},
-        complement_normalization="log", complement_every=1, max_grad_norm=0.0,
+        complement_normalization="log", complement_every=1, max_grad_norm=0.0, seed=42,
     )  # fmt: skip
     base.update(kw)
     args = SimpleNamespace(**base)

@@ -14,7 +14,7 @@ VOCAB = 61
 
 def tiny_bert(num_labels: int = 5, seed: int = 0, **config_overrides) -> BertForSequenceClassification:
     torch.manual_seed(seed)
-    config = BertConfig(
+    settings = dict(
         vocab_size=VOCAB,
         hidden_size=32,
         num_hidden_layers=2,
@@ -24,9 +24,8 @@ def tiny_bert(num_labels: int = 5, seed: int = 0, **config_overrides) -> BertFor
         num_labels=num_labels,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
-        **config_overrides,
     )
-    return BertForSequenceClassification(config)
+    return BertForSequenceClassification(BertConfig(**{**settings, **config_overrides}))
 
 
 def tiny_marian(seed: int = 0, vocab_size: int = VOCAB) -> MarianMTModel:
