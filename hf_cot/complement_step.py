@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .objective import ModeSums, mode_objective
+
 logger = logging.getLogger(__name__)
 
 OPTIMIZER_NAME = "complement_optimizer.pt"
@@ -161,9 +163,9 @@ def _constructor_kwargs(primary: torch.optim.Optimizer) -> dict:
 class ComplementStep:
     """The alternating complement update: optimizer, scheduler, one step per window, counters, checkpoint files.
 
-    ``entropy_fn(inputs) -> (entropy_sum, num_classes)`` runs one micro-batch forward (no labels) and returns the
-    summed complement entropy of its valid positions with its graph; the trainer supplies it (input preparation,
-    autocast and logits alignment are the trainer's business).
+    ``sums_fn(inputs) -> ModeSums`` runs one micro-batch forward (no labels) and returns the summed complement
+    entropy of its valid positions with its graph (`hf_cot.objective`, mode ``"complement"``); the trainer supplies
+    it (input preparation, autocast and logits alignment are the trainer's business).
 
     A mixture-of-experts model's router load-balancing loss is not part of this step: it belongs to the model's own
     objective, which the primary (CE) step already optimizes once per optimizer step; adding it here as well would
@@ -204,13 +206,11 @@ class ComplementStep:
         window: Sequence[dict],
         count: torch.Tensor | None,
         denominator: torch.Tensor,
-        entropy_fn: Callable[[dict], tuple[torch.Tensor, int]],
+        sums_fn: Callable[[dict], ModeSums],
         accelerator,
         step_number: int,
     ) -> dict[str, torch.Tensor] | None:
         """Run the update for optimizer step ``step_number`` (1-based); returns the values to log, or None."""
-        from .losses import complement_normalizer
-
         self.follow_primary()
         if step_number % self.every != 0:
             self._advance_schedule()
@@ -226,18 +226,19 @@ class ComplementStep:
             self.skipped_steps += 1
             return None
         model.zero_grad(set_to_none=True)  # the CE gradients must not leak into the complement step
-        entropy_sum = torch.zeros((), device=denominator.device)
-        scale = None
+        totals: dict[str, torch.Tensor] = {}
         with self._own_rng(denominator.device):
             for i, inputs in enumerate(window):
                 # One gradient all-reduce per step: every micro-batch but the last accumulates locally.
                 sync = contextlib.nullcontext() if i == len(window) - 1 else accelerator.no_sync(model)
                 with sync:
-                    batch_entropy, num_classes = entropy_fn(inputs)
-                    scale = complement_normalizer(num_classes, self.normalization)
-                    accelerator.backward(-batch_entropy / scale / denominator)
-                entropy_sum += batch_entropy.detach()
-                del batch_entropy
+                    loss, logs = mode_objective(
+                        "complement", sums_fn(inputs), denominator, normalization=self.normalization
+                    )
+                    accelerator.backward(loss)
+                for key, value in logs.items():  # normalized by the window's count: the window's sum is its mean
+                    totals[key] = totals[key] + value if key in totals else value
+                del loss
 
         optimizer = self.optimizer
         params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -247,7 +248,7 @@ class ComplementStep:
             # whose GradScaler state was reset by its `update()`, dividing the shared gradients twice.
             scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
-        finite = bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(entropy_sum))
+        finite = bool(torch.isfinite(grad_norm)) and all(bool(torch.isfinite(v)) for v in totals.values())
         if scaler is not None:
             scaler.step(optimizer)  # skips by itself when unscale_ found inf/nan
             scaler.update()
@@ -267,8 +268,7 @@ class ComplementStep:
         self.steps += 1
         self._advance_schedule()
         # Normalized like the loss (count / num_processes); the trainer's log averages over processes.
-        mean_entropy = entropy_sum / denominator
-        return {"complement_entropy": mean_entropy, "complement_loss": -mean_entropy / scale}
+        return totals
 
     @contextlib.contextmanager
     def _own_rng(self, device: torch.device):

@@ -30,21 +30,13 @@ import os
 import warnings
 
 import torch
-import torch.nn.functional as F
 from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
 from transformers.utils import logging
 
 from .complement_step import ComplementStep, check_optim_name_supported, check_optimizer_supported, copy_optimizer
 from .config import COTArgumentsMixin
 from .fused_lm_head import fused_lm_head_problem, install_fused_lm_head
-from .losses import (
-    check_label_range,
-    complement_entropy,
-    complement_normalizer,
-    complement_terms,
-    guided_rows,
-    per_sample_complement_entropy,
-)
+from .losses import check_label_range, per_sample_complement_entropy
 from .model_card import PAPER, TAGS, add_cot_section, merge_tags
 from .modeling import (
     aligned_logits,
@@ -56,6 +48,7 @@ from .modeling import (
     single_label_name,
     split_labels,
 )
+from .objective import ModeSums, cross_entropy_sum, mode_objective, sums_from_logits, sums_from_terms
 
 logger = logging.get_logger(__name__)
 
@@ -304,44 +297,28 @@ class COTMixin:
         if not self._cot_in_training_step:  # evaluation / prediction: CE, and the complement entropy to report
             check_label_range(flat_labels, num_classes)
             self._cot_eval_batch = per_sample_complement_entropy(logits, labels)
-            return self._cross_entropy_sum(flat_logits, flat_labels) / denominator, outputs
-        if self.cot_mode == "guided":
-            entropy, log_pg, valid = complement_terms(flat_logits, flat_labels)
-            guided_sum = guided_rows(entropy, log_pg, valid, num_classes, self.args.guided_alpha).sum()
-            if self.args.label_smoothing_factor > 0:
-                ce_sum = self._cross_entropy_sum(flat_logits.detach(), flat_labels)
-            else:  # -log p_g from the same pass: no second softmax over the classes
-                ce_sum = -log_pg.masked_fill(~valid, 0.0).sum()
-            loss = self._training_loss(ce_sum, denominator, num_classes, entropy.sum(), guided_sum)
-        else:
-            check_label_range(flat_labels, num_classes)
-            ce_sum = self._cross_entropy_sum(flat_logits, flat_labels)
-            entropy_sum = (
-                complement_entropy(flat_logits, flat_labels, reduction="sum") if self.cot_mode == "joint" else None
-            )
-            loss = self._training_loss(ce_sum, denominator, num_classes, entropy_sum)
-        return loss, outputs
+            ce_sum = cross_entropy_sum(flat_logits, flat_labels, self.args.label_smoothing_factor)
+            return ce_sum / denominator, outputs
+        sums = sums_from_logits(
+            self.cot_mode,
+            flat_logits,
+            flat_labels,
+            label_smoothing=self.args.label_smoothing_factor,
+            guided_alpha=self.args.guided_alpha,
+        )
+        return self._training_loss(sums, denominator), outputs
 
-    def _training_loss(self, ce_sum, denominator, num_classes: int, entropy_sum=None, guided_sum=None):
-        """The mode's training loss from its summed terms, with the *value* of the cross-entropy; logs the complement.
-
-        ``entropy_sum``: the summed complement entropy (joint, guided); ``guided_sum``: the summed GCE loss (guided).
-        """
-        objective_sum = ce_sum
-        if self.cot_mode == "guided":
-            objective_sum, ce_sum = guided_sum, ce_sum.detach()
-            self._record_training("complement_entropy", entropy_sum.detach() / denominator)
-            self._record_training("complement_loss", guided_sum.detach() / denominator)
-        elif self.cot_mode == "joint":
-            scale = complement_normalizer(num_classes, self.args.complement_normalization)
-            objective_sum = ce_sum - self.args.complement_weight * entropy_sum / scale
-            self._record_training("complement_entropy", entropy_sum.detach() / denominator)
-            self._record_training("complement_loss", -entropy_sum.detach() / scale / denominator)
-        loss = objective_sum / denominator
-        if objective_sum is not ce_sum:
-            # Value of the CE, gradient of the objective: adding a detached constant leaves the backward unchanged
-            # (bit for bit), and a NaN objective still shows as a NaN loss.
-            loss = loss + (ce_sum.detach() / denominator - loss.detach())
+    def _training_loss(self, sums: ModeSums, denominator: torch.Tensor) -> torch.Tensor:
+        """The mode's loss (`hf_cot.objective.mode_objective`); its logged values go to the training metrics."""
+        loss, logs = mode_objective(
+            self.cot_mode,
+            sums,
+            denominator,
+            complement_weight=self.args.complement_weight,
+            normalization=self.args.complement_normalization,
+        )
+        for key, value in logs.items():
+            self._record_training(key, value)
         return loss
 
     def _fused_forward(self, model, inputs: dict):
@@ -354,26 +331,13 @@ class COTMixin:
         outputs = self._fused_forward(model, inputs)
         entropy, log_pg, valid = outputs.complement_entropy, outputs.log_probs, outputs.valid
         denominator = self._loss_denominator(valid.sum())
-        ce_sum = -log_pg.sum()  # log p_g is 0 at ignored positions
         if not self._cot_in_training_step:
             self._cot_eval_batch = (entropy.detach().sum(1), valid.sum(1))
-            return ce_sum.detach() / denominator, outputs
-        guided_sum = None
-        if self.cot_mode == "guided":
-            flat = (entropy.reshape(-1), log_pg.reshape(-1), valid.reshape(-1))
-            guided_sum = guided_rows(*flat, outputs.vocab_size, self.args.guided_alpha).sum()
-        entropy_sum = entropy.sum() if self.cot_mode != "alternating" else None
-        return self._training_loss(ce_sum, denominator, outputs.vocab_size, entropy_sum, guided_sum), outputs
-
-    def _cross_entropy_sum(self, flat_logits: torch.Tensor, flat_labels: torch.Tensor) -> torch.Tensor:
-        # label_smoothing as the Trainer's LabelSmoother applies it ((1 - eps) NLL + eps * mean over classes).
-        return F.cross_entropy(
-            flat_logits.float(),
-            flat_labels,
-            ignore_index=-100,
-            reduction="sum",
-            label_smoothing=self.args.label_smoothing_factor,
+            return -log_pg.sum().detach() / denominator, outputs
+        sums = sums_from_terms(
+            self.cot_mode, entropy, log_pg, valid, outputs.vocab_size, guided_alpha=self.args.guided_alpha
         )
+        return self._training_loss(sums, denominator), outputs
 
     # ------------------------------------------------------------------ training: the complement step (alternating)
 
@@ -389,21 +353,23 @@ class COTMixin:
         if self._complement is None:
             raise RuntimeError("the complement optimizer was not created; was create_scheduler overridden?")
 
-        def entropy_fn(inputs):
+        def sums_fn(inputs) -> ModeSums:
             inputs = self._prepare_inputs(inputs)
             with self.compute_loss_context_manager():
                 if self._cot_fused:
-                    outputs = self._fused_forward(self.model_wrapped, inputs)
-                    return outputs.complement_entropy.sum(), outputs.vocab_size
+                    out = self._fused_forward(self.model_wrapped, inputs)
+                    return sums_from_terms(
+                        "complement", out.complement_entropy, out.log_probs, out.valid, out.vocab_size
+                    )
                 _, logits, labels = self._forward(self.model_wrapped, inputs)
-                return complement_entropy(logits, labels, reduction="sum"), logits.shape[-1]
+                return sums_from_logits("complement", logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
         values = self._complement(
             model=self.model_wrapped,
             window=self._cot_window,
             count=self._cot_window_count,
             denominator=self._window_denominator() if self._cot_window_count is not None else None,
-            entropy_fn=entropy_fn,
+            sums_fn=sums_fn,
             accelerator=self.accelerator,
             step_number=self.state.global_step + 1,
         )

@@ -34,12 +34,11 @@ def _setup(**kw):
     return model, primary, window, ComplementStep(primary, _args(**kw), num_training_steps=10)
 
 
-def _entropy_fn(model):
+def _sums_fn(model):
     def fn(inputs):
-        logits, labels = model(inputs["x"]), inputs["labels"]
-        from hf_cot.losses import complement_entropy
+        from hf_cot.objective import sums_from_logits
 
-        return complement_entropy(logits, labels, reduction="sum"), logits.shape[-1]
+        return sums_from_logits("complement", model(inputs["x"]), inputs["labels"])
 
     return fn
 
@@ -51,7 +50,7 @@ def test_one_update_is_a_hand_written_sgd_step_on_the_normalized_complement_obje
     reference = reference.double()
     count = torch.tensor(4)  # valid labels in the window
 
-    values = step(model=model, window=window, count=count, denominator=count.float(), entropy_fn=_entropy_fn(model),
+    values = step(model=model, window=window, count=count, denominator=count.float(), sums_fn=_sums_fn(model),
                   accelerator=Accelerator(cpu=True), step_number=1)  # fmt: skip
 
     total = sum(naive_entropy(reference(b["x"].double())[b["labels"] != -100], b["labels"][b["labels"] != -100]).sum()
@@ -68,7 +67,7 @@ def test_one_update_is_a_hand_written_sgd_step_on_the_normalized_complement_obje
 def test_every_k_steps_and_an_empty_window():
     model, _, window, step = _setup(complement_every=2)
     before = [p.detach().clone() for p in model.parameters()]
-    kw = dict(model=model, window=window, denominator=torch.tensor(4.0), entropy_fn=_entropy_fn(model),
+    kw = dict(model=model, window=window, denominator=torch.tensor(4.0), sums_fn=_sums_fn(model),
               accelerator=Accelerator(cpu=True))  # fmt: skip
     assert step(count=torch.tensor(4), step_number=1, **kw) is None  # not a multiple of 2: schedule only
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
@@ -94,7 +93,7 @@ def test_copy_keeps_the_groups_hyper_parameters_and_drops_frozen_parameters():
 def test_checkpoint_files_round_trip(tmp_path):
     model, _, window, step = _setup()
     count = torch.tensor(4)
-    step(model=model, window=window, count=count, denominator=count.float(), entropy_fn=_entropy_fn(model),
+    step(model=model, window=window, count=count, denominator=count.float(), sums_fn=_sums_fn(model),
          accelerator=Accelerator(cpu=True), step_number=1)  # fmt: skip
     step.save(str(tmp_path))
     _, _, _, fresh = _setup()

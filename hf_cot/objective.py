@@ -1,0 +1,121 @@
+"""Every COT mode's training objective and logged values, from summed terms (pure tensor math, no Trainer).
+
+One home for the mode dispatch. Two producers compute the same summed terms (`ModeSums`): `sums_from_logits` from
+materialized logits, and `sums_from_terms` from the per-token ``H`` / ``log p_g`` of the fused LM head (or of
+`hf_cot.losses.complement_terms`). `mode_objective` turns them into the loss to backpropagate and the values to log,
+for ``joint``, ``guided``, the CE step of ``alternating``, and its complement step (``mode="complement"``).
+
+The loss's *value* is the plain cross-entropy (what a plain Trainer reports); its gradient is the mode's objective:
+``loss + (ce - loss).detach()`` changes the value and leaves the backward bit for bit unchanged. The complement step
+reports its own objective instead (it has no cross-entropy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .losses import check_label_range, complement_entropy, complement_normalizer, complement_terms, guided_rows
+
+__all__ = ["ModeSums", "mode_objective", "sums_from_logits", "sums_from_terms"]
+
+
+@dataclass
+class ModeSums:
+    """The summed terms a mode needs, over the valid positions of one micro-batch.
+
+    ``ce``: the cross-entropy (None in the complement step); ``entropy``: the complement entropy ``H`` (joint,
+    guided, complement step); ``guided``: the GCE loss (guided); ``num_classes``: K.
+    """
+
+    ce: torch.Tensor | None
+    entropy: torch.Tensor | None
+    guided: torch.Tensor | None
+    num_classes: int
+
+
+def cross_entropy_sum(flat_logits, flat_labels, label_smoothing: float = 0.0) -> torch.Tensor:
+    # label_smoothing as the Trainer's LabelSmoother applies it ((1 - eps) NLL + eps * mean over classes).
+    return F.cross_entropy(
+        flat_logits.float(), flat_labels, ignore_index=-100, reduction="sum", label_smoothing=label_smoothing
+    )
+
+
+def sums_from_logits(
+    mode: str, flat_logits, flat_labels, *, label_smoothing: float = 0.0, guided_alpha: float = 1.0
+) -> ModeSums:
+    """`ModeSums` from ``[N, K]`` logits and ``[N]`` labels (-100 ignored)."""
+    num_classes = flat_logits.shape[-1]
+    if mode == "complement":
+        return ModeSums(None, complement_entropy(flat_logits, flat_labels, reduction="sum"), None, num_classes)
+    if mode == "guided":
+        entropy, log_pg, valid = complement_terms(flat_logits, flat_labels)
+        guided = guided_rows(entropy, log_pg, valid, num_classes, guided_alpha).sum()
+        if label_smoothing > 0:
+            ce = cross_entropy_sum(flat_logits.detach(), flat_labels, label_smoothing)
+        else:  # -log p_g from the same pass: no second softmax over the classes
+            ce = -log_pg.masked_fill(~valid, 0.0).sum()
+        return ModeSums(ce, entropy.sum(), guided, num_classes)
+    check_label_range(flat_labels, num_classes)
+    ce = cross_entropy_sum(flat_logits, flat_labels, label_smoothing)
+    entropy = complement_entropy(flat_logits, flat_labels, reduction="sum") if mode == "joint" else None
+    return ModeSums(ce, entropy, None, num_classes)
+
+
+def sums_from_terms(mode: str, entropy, log_pg, valid, num_classes: int, *, guided_alpha: float = 1.0) -> ModeSums:
+    """`ModeSums` from per-position ``H``, ``log p_g`` (both 0 where not ``valid``) and the validity mask."""
+    if mode == "complement":
+        return ModeSums(None, entropy.sum(), None, num_classes)
+    ce = -log_pg.sum()  # log p_g is 0 at ignored positions
+    guided = None
+    if mode == "guided":
+        flat = (entropy.reshape(-1), log_pg.reshape(-1), valid.reshape(-1))
+        guided = guided_rows(*flat, num_classes, guided_alpha).sum()
+    return ModeSums(ce, entropy.sum() if mode != "alternating" else None, guided, num_classes)
+
+
+def mode_objective(
+    mode: str,
+    sums: ModeSums,
+    denominator: torch.Tensor,
+    *,
+    complement_weight: float = 1.0,
+    normalization: str = "log",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(loss, logs)`` of one micro-batch: the loss to backpropagate, normalized by ``denominator`` (the valid
+    labels it is averaged over), and the detached values to log, normalized the same way.
+
+    * ``joint``: CE - complement_weight * H / normalizer; logs ``complement_entropy`` and ``complement_loss``.
+    * ``guided``: the GCE loss; logs ``complement_entropy`` and ``complement_loss`` (the GCE loss).
+    * ``alternating``: the CE step (CE only, nothing to log).
+    * ``complement``: the alternating complement step, -H / normalizer; logs ``complement_entropy`` and
+      ``complement_loss``; its value is the objective (there is no CE).
+    """
+    logs: dict[str, torch.Tensor] = {}
+    if mode == "complement":
+        scale = complement_normalizer(sums.num_classes, normalization)
+        entropy = sums.entropy.detach()
+        logs = {"complement_entropy": entropy / denominator, "complement_loss": -entropy / scale / denominator}
+        return -sums.entropy / scale / denominator, logs
+    ce_sum = objective_sum = sums.ce
+    if mode == "guided":
+        objective_sum, ce_sum = sums.guided, sums.ce.detach()
+        logs = {
+            "complement_entropy": sums.entropy.detach() / denominator,
+            "complement_loss": sums.guided.detach() / denominator,
+        }
+    elif mode == "joint":
+        scale = complement_normalizer(sums.num_classes, normalization)
+        objective_sum = ce_sum - complement_weight * sums.entropy / scale
+        logs = {
+            "complement_entropy": sums.entropy.detach() / denominator,
+            "complement_loss": -sums.entropy.detach() / scale / denominator,
+        }
+    loss = objective_sum / denominator
+    if objective_sum is not ce_sum:
+        # Value of the CE, gradient of the objective: adding a detached constant leaves the backward unchanged
+        # (bit for bit), and a NaN objective still shows as a NaN loss.
+        loss = loss + (ce_sum.detach() / denominator - loss.detach())
+    return loss, logs
