@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from collections import defaultdict
 
 import torch
 from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
@@ -71,6 +72,17 @@ class _ComplementStepCallback(TrainerCallback):
         self.trainer._complement_update()
 
 
+class _StepMetricsCallback(TrainerCallback):
+    """At the end of each optimizer step (before the Trainer logs), turns the step's COT values into one entry per key
+    of the metrics store (`COTMixin._flush_step_metrics`)."""
+
+    def __init__(self, trainer: COTMixin):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._flush_step_metrics()
+
+
 class COTMixin:
     """Adds COT to a `transformers.Trainer` subclass. Use `COTTrainer` or `COTSeq2SeqTrainer`."""
 
@@ -89,9 +101,13 @@ class COTMixin:
         self._cot_window: list = []
         self._cot_window_count: torch.Tensor | None = None
         self._cot_in_training_step = False
-        # Training logs: per-step values normalized like the loss, summed until the next log line.
-        self._cot_sums: dict[str, torch.Tensor] = {}
-        self._cot_log_steps = 0
+        # Logged values, in TRL's shape: {"train": {key: [one value per step]}, "eval": {...}}, averaged into the next
+        # log line. The same store as TRL's own (`SFTTrainer._metrics`) when the parent has one.
+        if not isinstance(getattr(self, "_metrics", None), dict):
+            self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+        # The current optimizer step's values, normalized like the loss (window count / processes) and summed over
+        # its micro-batches: the step's mean on this process.
+        self._cot_step_sums: dict[str, torch.Tensor] = {}
         # Evaluation: this batch's per-sample (complement-entropy sums, valid counts), and the running totals.
         self._cot_eval_batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._cot_eval_sums: list | None = None
@@ -120,6 +136,7 @@ class COTMixin:
         if self.cot_mode == "alternating":
             # Added last so that gradient monitors registered before see the CE gradients.
             self.add_callback(_ComplementStepCallback(self))
+        self.add_callback(_StepMetricsCallback(self))
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
 
@@ -241,8 +258,6 @@ class COTMixin:
             if self.accelerator.num_processes > 1:
                 count = self.accelerator.gather(count.reshape(1)).sum()
             self._cot_window, self._cot_window_count = batch_samples, count
-            if self.cot_mode in ("joint", "guided"):
-                self._cot_log_steps += 1
         return batch_samples, num_items_in_batch
 
     def training_step(self, *args, **kwargs):
@@ -373,10 +388,8 @@ class COTMixin:
             accelerator=self.accelerator,
             step_number=self.state.global_step + 1,
         )
-        if values is not None:
-            for key, value in values.items():
-                self._record(key, value)
-            self._cot_log_steps += 1
+        for key, value in (values or {}).items():
+            self._record(key, value)
 
     @property
     def complement_optimizer(self) -> torch.optim.Optimizer | None:
@@ -462,29 +475,43 @@ class COTMixin:
 
     # ------------------------------------------------------------------ logging
 
+    # Whether the parent's own `log` averages `self._metrics` into its log lines (TRL's trainers do).
+    _parent_logs_metrics = False
+
     def _record(self, key: str, value: torch.Tensor) -> None:
-        """Accumulate a per-step value normalized like the loss (by the global count / num_processes); `log` averages
-        over processes and steps, which gives the global per-step mean."""
-        total = self._cot_sums.get(key)
-        self._cot_sums[key] = value.float() if total is None else total + value.float()
+        """Add a micro-batch's value, normalized like the loss, to the current step's sum."""
+        total = self._cot_step_sums.get(key)
+        self._cot_step_sums[key] = value.float() if total is None else total + value.float()
 
     def _record_training(self, key: str, value: torch.Tensor) -> None:
         if self._cot_in_training_step:  # evaluation batches also go through compute_loss
             self._record(key, value)
 
+    def _flush_step_metrics(self) -> None:
+        """The step's global mean (averaged over processes: each holds its share) into the store, one entry a key."""
+        if not self._cot_step_sums:
+            return
+        keys = sorted(self._cot_step_sums)
+        values = torch.stack([self._cot_step_sums[k] for k in keys])
+        if self.accelerator.num_processes > 1:
+            values = self.accelerator.reduce(values, reduction="mean")
+        for key, value in zip(keys, values.tolist(), strict=True):
+            self._metrics["train"][key].append(value)
+        self._cot_step_sums = {}
+
     def log(self, logs: dict, *args, **kwargs) -> None:
-        if self.cot_mode != "off" and "loss" in logs:
-            if self._cot_sums and self._cot_log_steps > 0:
-                keys = sorted(self._cot_sums)
-                values = torch.stack([self._cot_sums[k] for k in keys])
-                if self.accelerator.num_processes > 1:
-                    values = self.accelerator.reduce(values, reduction="mean")
-                for key, value in zip(keys, (values / self._cot_log_steps).tolist(), strict=True):
-                    logs[key] = value
-            if self.cot_mode == "alternating":
-                logs["complement_skipped_steps"] = self.complement_skipped_steps
-            self._cot_sums, self._cot_log_steps = {}, 0
+        if self.cot_mode == "off":
+            return super().log(logs, *args, **kwargs)
+        if self.cot_mode == "alternating" and "loss" in logs:
+            logs = {**logs, "complement_skipped_steps": self.complement_skipped_steps}
+        mode = "train" if self.model.training else "eval"
+        if self._parent_logs_metrics or (mode == "train" and "loss" not in logs):  # the end-of-training summary line
+            return super().log(logs, *args, **kwargs)
+        # as TRL's log: the mean of the entries since the last line, prefixed in evaluation
+        metrics = {key: sum(values) / len(values) for key, values in self._metrics[mode].items() if values}
+        logs = {**logs, **({f"eval_{k}": v for k, v in metrics.items()} if mode == "eval" else metrics)}
         super().log(logs, *args, **kwargs)
+        self._metrics[mode].clear()
 
     # ------------------------------------------------------------------ checkpoints
 

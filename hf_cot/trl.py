@@ -78,6 +78,7 @@ class COTSFTTrainer(COTMixin, trl.SFTTrainer):
     """`trl.SFTTrainer` with Complement Objective Training. Needs `COTSFTConfig`. `cot_mode="off"` is `SFTTrainer`."""
 
     _args_class_name = "COTSFTConfig"
+    _parent_logs_metrics = True  # SFTTrainer.log averages the shared `_metrics` store (ours included)
     # The card's method and citation slots stay SFTTrainer's (it names no paper); the COT paper goes into the card's
     # own COT section. In cot_mode="off" the tags are SFTTrainer's too (`__init__`), so that the card is its card.
     _paper = trl.SFTTrainer._paper

@@ -12,6 +12,8 @@ from testing_utils import prompt_completion, tiny_llama, tiny_moe, word_tokenize
 
 trl = pytest.importorskip("trl")
 
+from transformers import TrainerCallback  # noqa: E402
+
 from hf_cot.trl import COTSFTConfig, COTSFTTrainer  # noqa: E402
 
 METRICS = ["loss", "entropy", "mean_token_accuracy", "num_tokens"]
@@ -113,6 +115,21 @@ def test_moe_router_loss_is_reported_as_sft_trainer_reports_it(tokenizer, out_di
         assert w["aux_loss"] > 0
         for key in ("loss", "aux_loss", "mean_token_accuracy"):
             assert g[key] == pytest.approx(w[key], abs=1e-5), (key, g, w)
+
+
+def test_one_metrics_store_shared_with_trl(tokenizer, out_dir):
+    """The COT values go into TRL's own store (`_metrics[mode][key]`, one entry per step) and out through its log."""
+    cot = COTSFTTrainer(model=tiny_llama(), args=_config(out_dir, COTSFTConfig, cot_mode="joint", logging_steps=100,
+                        max_steps=2), train_dataset=prompt_completion(), processing_class=tokenizer)  # fmt: skip
+    seen = []
+    cot.add_callback(type("Peek", (TrainerCallback,), {"on_step_end": lambda self, *a, **k: seen.append(
+        {key: list(values) for key, values in cot._metrics["train"].items()})})())  # fmt: skip
+    cot.train()  # no log line within the 2 steps: the store keeps every step's entry until TRL's final log
+    assert len(seen[-1]["complement_entropy"]) == len(seen[-1]["complement_loss"]) == 2  # one entry a step
+    assert len(seen[-1]["mean_token_accuracy"]) == 2 and not hasattr(cot, "_cot_sums")
+    summary = cot.state.log_history[-1]  # TRL's log averaged both kinds of entries into it
+    assert summary["complement_entropy"] == pytest.approx(sum(seen[-1]["complement_entropy"]) / 2)
+    assert "mean_token_accuracy" in summary
 
 
 def test_packing_reports_what_sft_trainer_reports(tokenizer, out_dir):
