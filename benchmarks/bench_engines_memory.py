@@ -44,17 +44,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_DISABLED", "true")
+
+from _common import MIB, MemoryBaseline, fmt_mib, llama_sft_inputs, loadavg, machine_info, rss_now, rss_peak, sft_args
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -69,98 +67,37 @@ LABELS = {
 TARGET = 1.15  # (a) / (c), per rank
 
 
-# --------------------------------------------------------------------------------------------------- memory probes
-def rss_now() -> int:
-    """Current resident set size in bytes."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def rss_peak() -> int:
-    """Peak resident set size of this process in bytes (Linux reports ``ru_maxrss`` in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-MIB = 2**20
-
-
 # ------------------------------------------------------------------------------------------------ the rank worker
 def rank_worker(spec: dict) -> None:
     """One rank of one launch: build, train under FSDP2, write ``OUT/rank<r>.json``."""
-    with open(os.path.join(spec["result_dir"], f"pid_rank{os.environ.get('RANK', 0)}"), "w") as f:
-        f.write(str(os.getpid()))  # for the launcher's clean-up after a timeout
     sys.path.insert(0, SCRIPTS)
     from cpu_engines import patch_accelerate_for_cpu_engines  # TEST-ONLY: see the module docstring
 
     patch_accelerate_for_cpu_engines()  # before any TrainingArguments is built
 
-    import gc
-
     import torch
-    import trl
     import trl.trainer.utils as trl_utils
-    from datasets import Dataset
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, TrainerCallback
-
-    from hf_cot.trl import COTSFTConfig, COTSFTTrainer
+    from transformers import TrainerCallback
 
     torch.set_num_threads(spec["threads"])
     m = spec["model"]
-    torch.manual_seed(0)  # same weights on both ranks (FSDP2 keeps each rank's shard of them)
-    config = LlamaConfig(
-        vocab_size=m["vocab"],
-        hidden_size=m["hidden"],
-        intermediate_size=m["intermediate"],
-        num_hidden_layers=m["layers"],
-        num_attention_heads=m["heads"],
-        num_key_value_heads=m["heads"],
-        max_position_embeddings=spec["seq_len"],
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=1,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config)
-    head = model.get_output_embeddings()
-    # Only the pad/eos ids matter: the dataset is pre-tokenized (TRL skips tokenization when `input_ids` is present).
-    words = ["<pad>", "<eos>", "w2", "w3"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
     world = int(os.environ.get("WORLD_SIZE", 1))
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(2, m["vocab"], (spec["batch_size"] * spec["steps"] * world, spec["seq_len"]), generator=g)
-    data = Dataset.from_dict({"input_ids": ids.tolist()})
-    del ids
-
-    common = dict(
+    # the same weights on both ranks (FSDP2 keeps each rank's shard of them)
+    model, tokenizer, data = llama_sft_inputs(m, spec["seq_len"], spec["batch_size"] * spec["steps"] * world)
+    head = model.get_output_embeddings()
+    variant = spec["variant"]
+    args, trainer_cls = sft_args(
+        variant == "trl_sft",
+        None if variant == "cot_fused" else False,
         output_dir=spec["output_dir"],
-        report_to=[],
-        bf16=False,
-        disable_tqdm=True,
-        save_strategy="no",
-        seed=0,
-        data_seed=0,
         per_device_train_batch_size=spec["batch_size"],
         max_steps=spec["steps"],
         optim=spec["optim"],
         learning_rate=1e-3,
-        logging_steps=1,
         max_length=spec["seq_len"],
-        gradient_checkpointing=False,
-        dataset_num_proc=None,
-        dataloader_num_workers=0,
         fsdp=True,
         fsdp_config={"version": 2},  # the same FSDP2 configuration for every variant
     )
-    variant = spec["variant"]
-    if variant == "trl_sft":
-        args, trainer_cls = trl.SFTConfig(**common), trl.SFTTrainer
-    else:
-        fused = None if variant == "cot_fused" else False
-        args = COTSFTConfig(**common, cot_mode="joint", cot_fused_lm_head=fused)
-        trainer_cls = COTSFTTrainer
 
     # Which loss path ran: TRL's chunked log-prob kernel, and the head module's own forward (the full logits).
     counts = {"trl_chunked_logprob_calls": 0, "head_linear_forward_calls": 0}
@@ -203,8 +140,8 @@ def rank_worker(spec: dict) -> None:
 
     probe = Probe()
     trainer = trainer_cls(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[probe])
-    gc.collect()
-    baseline, peak_before = rss_now(), rss_peak()
+    base = MemoryBaseline()
+    baseline, peak_before = base.current, base.peak
     start = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - start
@@ -241,59 +178,19 @@ def rank_worker(spec: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- launching
-def _kill_ranks(result_dir: str) -> None:
-    """SIGKILL the ranks of a launch by the pids they wrote (torch.distributed.run starts each rank in a session of
-    its own, so killing the launcher's process group does not reach them, and a rank whose peer is gone waits)."""
-    for name in os.listdir(result_dir):
-        if not name.startswith("pid_rank"):
-            continue
-        pid = int(open(os.path.join(result_dir, name)).read())
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"--rank-worker" not in f.read():
-                    continue  # gone, and the pid reused by something else
-            os.kill(pid, signal.SIGKILL)
-        except (OSError, ProcessLookupError):
-            pass
-
-
-def run_launch(cmd: list[str], timeout: int, result_dir: str) -> tuple[int | None, str]:
-    """``cpu_engines.run``'s environment; on a timeout the launcher gets SIGTERM (it stops its ranks), then whatever
-    is left of the launch is killed."""
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_DISABLED="true", OMP_NUM_THREADS="1")
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    env.pop("ACCELERATE_MIXED_PRECISION", None)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # fmt: skip
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        return proc.returncode, out
-    except subprocess.TimeoutExpired:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
-        _kill_ranks(result_dir)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        out, _ = proc.communicate()
-        return None, f"{out}\nTimeoutExpired: the launch ran past {timeout} s and was killed"
-
-
 def launch(spec: dict, timeout: int) -> dict:
     """One fresh 2-process launch of one (variant, vocabulary) cell; returns its per-rank results or the error."""
     sys.path.insert(0, SCRIPTS)
-    from cpu_engines import launch_command
+    from cpu_engines import launch_command, run
 
     result_dir = tempfile.mkdtemp(prefix="bench_engines_")
     spec = {**spec, "result_dir": result_dir, "output_dir": os.path.join(result_dir, "out")}
     cmd = launch_command(os.path.abspath(__file__), ["--rank-worker", json.dumps(spec)], nproc=spec["nproc"])
     started = time.perf_counter()
-    rc, stderr = run_launch(cmd, timeout, result_dir)
+    # On a timeout `run` SIGTERMs the launcher, which stops its ranks (SIGKILL after its 30 s grace); the rank files
+    # written by then are read below all the same.
+    proc = run(cmd, timeout)
+    rc = proc.returncode
     wall = time.perf_counter() - started
     ranks = []
     for r in range(spec["nproc"]):
@@ -306,7 +203,7 @@ def launch(spec: dict, timeout: int) -> dict:
     out = {"command": f"python {launcher} {os.path.relpath(cmd[-3], ROOT)} --rank-worker '<spec>'", "spec": spec,
            "wall_s": wall, "returncode": rc, "ranks": ranks}  # fmt: skip
     if rc != 0 or len(ranks) != spec["nproc"]:
-        out["error"] = stderr[-20000:]
+        out["error"] = (proc.stdout + proc.stderr)[-20000:]
     return out
 
 
@@ -321,10 +218,6 @@ def summarize(cell: dict) -> dict | None:
         "first_loss": ranks[0]["first_loss"],
         "last_step_s": ranks[0]["step_times_s"][-1] if ranks[0]["step_times_s"] else None,
     }
-
-
-def _fmt_mib(m: float) -> str:
-    return f"{m / 1024:.2f} GiB" if m >= 1024 else f"{m:.0f} MiB"
 
 
 def _ratio(a, b, key):
@@ -355,13 +248,13 @@ def tables(results: dict) -> str:
                     if v == "trl_sft" else f"head fwd x{r0['head_linear_forward_calls']}")  # fmt: skip
             head = (f"{r0.get('head_weight_type')} {r0.get('head_weight_local_numel', 0) / 1e6:.1f}M of "
                     f"{r0.get('head_weight_full_numel', 0) / 1e6:.1f}M")  # fmt: skip
-            peaks = " / ".join(_fmt_mib(r["peak_rss_mib"]) for r in cell["ranks"])
+            peaks = " / ".join(fmt_mib(r["peak_rss_mib"]) for r in cell["ranks"])
             growth = " / ".join(
-                _fmt_mib(r["growth_mib"]) + ("*" if r["peak_before_baseline"] else "") for r in cell["ranks"]
+                fmt_mib(r["growth_mib"]) + ("*" if r["peak_before_baseline"] else "") for r in cell["ranks"]
             )
             s = summarize(cell)
             lines.append(
-                f"| {vocab} | {LABELS[v]} | {r0['cot_fused']} | {path} | {head} | {_fmt_mib(r0['baseline_rss_mib'])} "
+                f"| {vocab} | {LABELS[v]} | {r0['cot_fused']} | {path} | {head} | {fmt_mib(r0['baseline_rss_mib'])} "
                 f"| {peaks} | {growth} | {r0['first_loss']:.6f} | {s['last_step_s']:.1f} s |"
             )
         a, b, c = (summarize(cells[v]) if v in cells else None for v in VARIANTS)
@@ -378,42 +271,6 @@ def tables(results: dict) -> str:
         )
     note = "ratios use the larger rank of each launch; * = growth is a lower bound (peak reached before the baseline)"
     return "\n".join(lines) + "\n\n" + "\n".join(ratio_lines) + f"\n\n({note}; target (a)/(c) <= {TARGET}x)"
-
-
-def machine_info() -> dict:
-    import accelerate
-    import torch
-    import transformers
-    import trl
-
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "accelerate": accelerate.__version__,
-        "trl": trl.__version__,
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        info["cpu"] = platform.processor()
-    try:
-        with open("/proc/meminfo") as f:
-            info["mem_total_gib"] = int(f.readline().split()[1]) / 2**20
-    except (OSError, IndexError, ValueError):
-        pass
-    return info
-
-
-def loadavg() -> list[str]:
-    try:
-        with open("/proc/loadavg") as f:
-            return f.read().split()[:3]
-    except OSError:
-        return []
 
 
 def main(argv=None) -> int:
@@ -449,7 +306,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, HERE)
     from _provenance import provenance
 
-    info = machine_info()
+    info = machine_info(("torch", "transformers", "accelerate", "trl"), memory=True)
     info["loadavg_at_start"] = loadavg()
     print("machine:", json.dumps(info), flush=True)
     options = {k: v for k, v in vars(opts).items() if k not in ("rank_worker", "from_json")}
@@ -472,8 +329,8 @@ def main(argv=None) -> int:
                 continue
             ranks = cell["ranks"]
             print(
-                f"  V={vocab} {LABELS[v]}: peak {' / '.join(_fmt_mib(r['peak_rss_mib']) for r in ranks)}, growth "
-                f"{' / '.join(_fmt_mib(r['growth_mib']) for r in ranks)}, fused={ranks[0]['cot_fused']}, "
+                f"  V={vocab} {LABELS[v]}: peak {' / '.join(fmt_mib(r['peak_rss_mib']) for r in ranks)}, growth "
+                f"{' / '.join(fmt_mib(r['growth_mib']) for r in ranks)}, fused={ranks[0]['cot_fused']}, "
                 f"first loss {ranks[0]['first_loss']:.6f}, launch {cell['wall_s']:.0f} s",
                 flush=True,
             )

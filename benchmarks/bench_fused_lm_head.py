@@ -49,14 +49,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from _common import MemoryBaseline, fmt_mib, llama_sft_inputs, loadavg, machine_info, sft_args
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CELLS = (
@@ -77,35 +77,6 @@ TARGET_STEP_TIME = 1.3
 # gradients of CE and of the complement entropy, their sum) plus the weight's gradient (measured: 4.8x + W at
 # 1024 x 128000 x 256).
 MATERIALIZED_LOGITS_COPIES = 5
-
-
-# --------------------------------------------------------------------------------------------------- memory probes
-def rss_now() -> int:
-    """Current resident set size in bytes."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def rss_peak() -> int:
-    """Peak resident set size of this process in bytes (Linux reports ``ru_maxrss`` in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-class MemoryBaseline:
-    def __init__(self):
-        import gc
-
-        gc.collect()
-        self.current, self.peak = rss_now(), rss_peak()
-
-    def result(self) -> dict:
-        end_peak = rss_peak()
-        return {
-            "extra_peak_mib": (end_peak - self.current) / 2**20,
-            "baseline_rss_mib": self.current / 2**20,
-            "end_peak_rss_mib": end_peak / 2**20,
-            "peak_before_baseline": end_peak <= self.peak,
-        }
 
 
 # --------------------------------------------------------------------------------------------------------- workers
@@ -163,65 +134,23 @@ def loss_worker(spec: dict) -> dict:
 
 def step_worker(spec: dict) -> dict:
     import torch
-    import trl
-    from datasets import Dataset
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, TrainerCallback
-
-    from hf_cot.trl import COTSFTConfig, COTSFTTrainer
+    from transformers import TrainerCallback
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     m = spec["model"]
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=m["vocab"],
-        hidden_size=m["hidden"],
-        intermediate_size=m["intermediate"],
-        num_hidden_layers=m["layers"],
-        num_attention_heads=m["heads"],
-        num_key_value_heads=m["heads"],
-        max_position_embeddings=spec["seq_len"],
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=1,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config)
-    # Only the pad/eos ids matter: the dataset is pre-tokenized (TRL skips tokenization when `input_ids` is present).
-    words = ["<pad>", "<eos>", "w2", "w3"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
     max_steps = spec["warmup"] + spec["steps"]
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(2, m["vocab"], (spec["batch_size"] * max_steps, spec["seq_len"]), generator=g)
-    data = Dataset.from_dict({"input_ids": ids.tolist()})
-
-    common = dict(
+    model, tokenizer, data = llama_sft_inputs(m, spec["seq_len"], spec["batch_size"] * max_steps)
+    variant = spec["variant"]
+    args, trainer_cls = sft_args(
+        variant == "trl_sft",
+        None if variant == "cot_joint_fused" else False,
         output_dir=spec["output_dir"],
-        report_to=[],
         use_cpu=True,
-        bf16=False,
-        disable_tqdm=True,
-        save_strategy="no",
-        seed=0,
-        data_seed=0,
         per_device_train_batch_size=spec["batch_size"],
         max_steps=max_steps,
-        logging_steps=1,
         max_length=spec["seq_len"],
-        gradient_checkpointing=False,
-        dataset_num_proc=None,
-        dataloader_num_workers=0,
     )
-    variant = spec["variant"]
-    if variant == "trl_sft":
-        args, trainer_cls = trl.SFTConfig(**common), trl.SFTTrainer
-    else:
-        fused = None if variant == "cot_joint_fused" else False
-        args = COTSFTConfig(**common, cot_mode="joint", cot_fused_lm_head=fused)
-        trainer_cls = COTSFTTrainer
 
     class StepTimer(TrainerCallback):
         def __init__(self):
@@ -265,10 +194,6 @@ def run_worker(spec: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------------ parts
-def _fmt_mib(m: float) -> str:
-    return f"{m / 1024:.2f} GiB" if m >= 1024 else f"{m:.0f} MiB"
-
-
 def _fmt_s(s: float) -> str:
     return f"{s * 1e3:.0f} ms" if s < 1 else f"{s:.2f} s"
 
@@ -300,7 +225,7 @@ def loss_part(opts) -> list[dict]:
             row["results"][name] = res
             print(
                 f"  {n}x{v}x{d} {name}: {_fmt_s(res['time_s'])} (runs {', '.join(_fmt_s(t) for t in res['times_s'])}),"
-                f" extra peak {_fmt_mib(res['extra_peak_mib'])}, loss {res['loss']:.6g}",
+                f" extra peak {fmt_mib(res['extra_peak_mib'])}, loss {res['loss']:.6g}",
                 flush=True,
             )
         finish_loss_row(row)
@@ -339,16 +264,16 @@ def loss_table(rows) -> str:
     ]
     for row in rows:
         f, m = row["results"].get("fused"), row["results"].get("materialized")
-        cell = f"| {row['n']} x {row['v']} x {row['d']} | {_fmt_mib(row['logits_mib'])} | {_fmt_mib(row['grad_weight_mib'])} "
+        cell = f"| {row['n']} x {row['v']} x {row['d']} | {fmt_mib(row['logits_mib'])} | {fmt_mib(row['grad_weight_mib'])} "
         if m is None or "skipped" in m:
             why = "not run" if m is None else m["skipped"]
             lines.append(
-                cell + f"| {_fmt_mib(f['extra_peak_mib'])} / skipped ({why}) | | | {_fmt_s(f['time_s'])} / skipped | |"
+                cell + f"| {fmt_mib(f['extra_peak_mib'])} / skipped ({why}) | | | {_fmt_s(f['time_s'])} / skipped | |"
             )
             continue
         mr, tr = row["memory_ratio"], row["time_ratio"]
         lines.append(
-            cell + f"| {_fmt_mib(f['extra_peak_mib'])} / {_fmt_mib(m['extra_peak_mib'])} "
+            cell + f"| {fmt_mib(f['extra_peak_mib'])} / {fmt_mib(m['extra_peak_mib'])} "
             f"| {mr:.3f} ({_met(mr <= TARGET_LOSS_MEMORY)}) | {row['memory_ratio_excl_grad_weight']:.3f} "
             f"| {_fmt_s(f['time_s'])} / {_fmt_s(m['time_s'])} "
             f"| {tr:.2f}x ({_met(tr <= TARGET_LOSS_TIME)}) |"
@@ -373,7 +298,7 @@ def loss_table(rows) -> str:
                     m_ratio = f"{r['extra_peak_mib'] / m['extra_peak_mib']:.3f}" if m else ""
                     lines.append(
                         f"| {row['n']} x {row['v']} x {row['d']} | {label} | {_fmt_s(r['time_s'])} | {t_ratio} "
-                        f"| {_fmt_mib(r['extra_peak_mib'])} | {m_ratio} |"
+                        f"| {fmt_mib(r['extra_peak_mib'])} | {m_ratio} |"
                     )
     return "\n".join(lines)
 
@@ -405,7 +330,7 @@ def step_part(opts) -> dict:
             print(
                 f"  round {r + 1}/{opts.rounds} {STEP_LABELS[v]}: {res['s_per_step']:.2f} s/step "
                 f"(steps {', '.join(f'{t:.2f}' for t in res['step_times_s'])}), extra peak "
-                f"{_fmt_mib(res['extra_peak_mib'])}, first loss {res['first_loss']:.6f}, fused={res['cot_fused']}",
+                f"{fmt_mib(res['extra_peak_mib'])}, first loss {res['first_loss']:.6f}, fused={res['cot_fused']}",
                 flush=True,
             )
     summary = {}
@@ -440,7 +365,7 @@ def step_table(step) -> str:
             m_note = f" ({_met(mr <= TARGET_STEP_MEMORY)}, <= {TARGET_STEP_MEMORY}x)"
         lines.append(
             f"| {STEP_LABELS[v]} | {row['s_per_step']:.2f} | {'' if tr is None else f'{tr:.3f}x'}{t_note} "
-            f"| {_fmt_mib(row['extra_peak_mib'])} | {'' if mr is None else f'{mr:.3f}x'}{m_note} "
+            f"| {fmt_mib(row['extra_peak_mib'])} | {'' if mr is None else f'{mr:.3f}x'}{m_note} "
             f"| {row['first_loss']:.6f} |"
         )
     return "\n".join(lines)
@@ -490,36 +415,6 @@ def plot(path: str, rows, n: int, d: int) -> bool:
     return True
 
 
-def machine_info() -> dict:
-    import torch
-    import transformers
-    import trl
-
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "trl": trl.__version__,
-        "torch_threads_default": torch.get_num_threads(),
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        info["cpu"] = platform.processor()
-    return info
-
-
-def loadavg() -> list[str]:
-    try:
-        with open("/proc/loadavg") as f:
-            return f.read().split()[:3]
-    except OSError:
-        return []
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -561,10 +456,12 @@ def main(argv=None) -> int:
     if opts.from_json:
         return report(json.load(open(opts.from_json)), opts)
 
+    import torch
+
     sys.path.insert(0, HERE)
     from _provenance import provenance
 
-    info = machine_info()
+    info = machine_info(("torch", "transformers", "trl"), extra={"torch_threads_default": torch.get_num_threads()})
     info["loadavg_at_start"] = loadavg()
     print("machine:", json.dumps(info), flush=True)
     options = {k: v for k, v in vars(opts).items() if k not in ("worker", "from_json")}

@@ -45,6 +45,11 @@ from .trainer import COTMixin
 __all__ = ["COTSFTConfig", "COTSFTTrainer"]
 
 
+# loss_type values that are the plain token-averaged NLL: TRL 1.9-1.x defaults to None (resolved in __post_init__)
+# and then "chunked_nll", which TRL documents as the same math as "nll" computed in chunks.
+PLAIN_NLL = (None, "nll", "chunked_nll")
+
+
 def _trl_conflict(config) -> str | None:
     """What in an `SFTConfig` cannot be combined with a COT mode (None when nothing)."""
     if config.cot_mode == "off":
@@ -54,7 +59,7 @@ def _trl_conflict(config) -> str | None:
             f"use_liger_kernel cannot be combined with cot_mode={config.cot_mode!r}: Liger replaces the model's "
             "forward and computes its own loss, so COT never sees the logits. Use cot_mode='off' with Liger."
         )
-    if getattr(config, "loss_type", "nll") != "nll":
+    if getattr(config, "loss_type", "nll") not in PLAIN_NLL:
         return (
             f"loss_type={config.loss_type!r} cannot be combined with cot_mode={config.cot_mode!r}: COT's objective is "
             "built on the plain cross-entropy (loss_type='nll')."

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from packaging import version
 
 from testing_utils import prompt_completion, tiny_llama, tiny_moe, word_tokenizer
 
@@ -17,6 +18,7 @@ from transformers import TrainerCallback  # noqa: E402
 from hf_cot.trl import COTSFTConfig, COTSFTTrainer  # noqa: E402
 
 METRICS = ["loss", "entropy", "mean_token_accuracy", "num_tokens"]
+TRL_AVERAGES_AUX = version.parse(trl.__version__).release >= (1, 16)
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +113,12 @@ def test_moe_router_loss_is_reported_as_sft_trainer_reports_it(tokenizer, out_di
     want = [h for h in plain.state.log_history if "loss" in h]
     got = [h for h in cot.state.log_history if "loss" in h]
     assert len(got) == len(want) == 2
+    # TRL before 1.16 (1.9 checked) adds the router loss to every micro-batch's loss undivided; hf-cot, like TRL 1.16,
+    # averages it over the accumulation window: the losses agree at GA 1 only there.
+    keys = ("loss", "aux_loss", "mean_token_accuracy") if ga == 1 or TRL_AVERAGES_AUX else ("aux_loss",)
     for g, w in zip(got, want, strict=True):
         assert w["aux_loss"] > 0
-        for key in ("loss", "aux_loss", "mean_token_accuracy"):
+        for key in keys:
             assert g[key] == pytest.approx(w[key], abs=1e-5), (key, g, w)
 
 
@@ -186,6 +191,8 @@ def test_what_cannot_work_is_refused_by_the_config(out_dir, kw, match):
         _config(out_dir, COTSFTConfig, cot_mode="joint", **kw)
     if "loss_type" in kw:
         assert _config(out_dir, COTSFTConfig, cot_mode="off", **kw).loss_type == "dft"
+        # "chunked_nll" is the plain NLL computed in chunks (TRL 1.9's default; a deprecated alias of "nll" in 1.16)
+        assert _config(out_dir, COTSFTConfig, cot_mode="joint", loss_type="chunked_nll").cot_mode == "joint"
 
 
 def test_the_wrong_arguments_class_is_refused_before_the_model_changes(tokenizer, out_dir):
