@@ -37,7 +37,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .linear_losses import linear_complement_terms
-from .modeling import base_model, shifts_labels
+from .modeling import base_model, shifts_labels, text_config
 
 
 @dataclass
@@ -54,14 +54,9 @@ class FusedCOTOutput(ModelOutput):
     aux_loss: torch.Tensor | None = None  # mixture-of-experts: the router load-balancing loss, unweighted
 
 
-def _text_config(model):
-    config = base_model(model).config
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
 def logit_transform(model) -> tuple[float, float | None]:
     """``(logit_scale, final_logit_softcapping)`` the model applies after its head (TRL 1.16's list of config names)."""
-    config = _text_config(model)
+    config = text_config(model)
     softcap = getattr(config, "final_logit_softcapping", None)
     scale = getattr(config, "logit_scale", None)  # Cohere; None on models that do not scale (MPT)
     if scale is None:
@@ -146,8 +141,8 @@ def _forward(
                 kw[key] = value
         return original_forward(*args, **kw)
     kw["use_cache"] = False
-    text_config = _text_config(self)
-    if getattr(text_config, "output_router_logits", False):  # like the model's own forward
+    config = text_config(self)
+    if getattr(config, "output_router_logits", False):  # like the model's own forward
         kw.setdefault("output_router_logits", True)
     # Looked up on every call: PEFT injects its layers into the backbone after installation.
     backbone = self.base_model(*args, **kw)
@@ -162,19 +157,19 @@ def _forward(
             "was built?): set --cot_fused_lm_head false"
         )
     terms = _project(head, hidden, labels, logit_scale, softcap)
-    aux_loss = _router_loss(self, text_config, backbone, kw) if kw.get("output_router_logits") else None
+    aux_loss = _router_loss(self, config, backbone, kw) if kw.get("output_router_logits") else None
     return FusedCOTOutput(**terms, vocab_size=head.out_features, aux_loss=aux_loss)
 
 
-def _router_loss(model, text_config, backbone_outputs, kwargs) -> torch.Tensor:
+def _router_loss(model, config, backbone_outputs, kwargs) -> torch.Tensor:
     """The load-balancing loss the model's own forward computes from its router logits (Mixtral's function, which
     the other mixture-of-experts families of transformers share), read as TRL 1.16's fused forward reads it."""
     from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
     # transformers 4.x keeps the expert counts on the model (Mixtral's config says num_local_experts), 5.x on the config
-    num_experts = getattr(model, "num_experts", None) or getattr(text_config, "num_experts", None)
-    num_experts = num_experts or text_config.num_local_experts
-    top_k = getattr(model, "num_experts_per_tok", None) or text_config.num_experts_per_tok
+    num_experts = getattr(model, "num_experts", None) or getattr(config, "num_experts", None)
+    num_experts = num_experts or config.num_local_experts
+    top_k = getattr(model, "num_experts_per_tok", None) or config.num_experts_per_tok
     return load_balancing_loss_func(backbone_outputs.router_logits, num_experts, top_k, kwargs.get("attention_mask"))
 
 

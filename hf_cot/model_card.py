@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 TAGS = ["hf-cot", "complement-objective-training"]
-
 ARXIV_ID = "1903.01182"
 CITATION = """\
 @inproceedings{chen2019complement,

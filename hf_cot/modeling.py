@@ -130,13 +130,16 @@ def aligned_logits(outputs, labels: torch.Tensor, shift: bool) -> tuple[torch.Te
     return logits, labels
 
 
+def text_config(model):
+    """The model's (text) config: the language model's for a multimodal model, None for a model without one."""
+    config = _config(model)
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def router_aux_loss_coef(model) -> float:
     """The weight a mixture-of-experts model gives its router load-balancing loss in its own loss (0 when it adds
     none): ``router_aux_loss_coef`` when its (text) config has ``output_router_logits`` on."""
-    config = _config(model)
-    if config is None:
-        return 0.0
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    config = text_config(model)
     if not getattr(config, "output_router_logits", False):
         return 0.0
     return float(getattr(config, "router_aux_loss_coef", 0.0) or 0.0)

@@ -93,7 +93,7 @@ class COTMixin:
 
     def __init__(self, *args, **kwargs):
         # Checked before the parent's __init__, which already changes the model (device placement, TRL's patches).
-        self._check_arguments_class(kwargs.get("args", args[1] if len(args) > 1 else None))
+        self._check_arguments_class(self._given_arguments(args, kwargs))
         super().__init__(*args, **kwargs)
         self._check_arguments_class(self.args)  # None above: the parent built default arguments
         self.cot_mode = self.args.cot_mode
@@ -141,6 +141,11 @@ class COTMixin:
             self.model.add_model_tags(self._tag_names)
 
     # ------------------------------------------------------------------ checks
+
+    @staticmethod
+    def _given_arguments(args: tuple, kwargs: dict):
+        """The `args` a Trainer constructor call received (the keyword, or the second positional), None if none."""
+        return kwargs.get("args", args[1] if len(args) > 1 else None)
 
     def _check_arguments_class(self, args) -> None:
         if args is not None and not isinstance(args, COTArgumentsMixin):

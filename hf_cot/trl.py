@@ -90,11 +90,11 @@ class COTSFTTrainer(COTMixin, trl.SFTTrainer):
     _tag_names = ["trl", "sft", *TAGS]
 
     def __init__(self, *args, **kwargs):
-        config = kwargs.get("args", args[1] if len(args) > 1 else None)
+        config = self._given_arguments(args, kwargs)
         if getattr(config, "cot_mode", None) == "off":
             self._tag_names = trl.SFTTrainer._tag_names
-        elif isinstance(config, COTArgumentsMixin) and _trl_conflict(config):  # changed after construction
-            raise ValueError(_trl_conflict(config))
+        elif isinstance(config, COTArgumentsMixin) and (conflict := _trl_conflict(config)):  # changed after creation
+            raise ValueError(conflict)
         super().__init__(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

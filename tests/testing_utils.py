@@ -185,6 +185,16 @@ def token_classification_data(n: int = 24, seq_len: int = 10, num_labels: int = 
     return rows
 
 
+def write_rank_json(out: str, rank: int, **objects) -> None:
+    """Multi-process helper scripts: ``OUT/<name>_rank<rank>.json`` for each keyword."""
+    import json
+    import os
+
+    for name, obj in objects.items():
+        with open(os.path.join(out, f"{name}_rank{rank}.json"), "w") as f:
+            json.dump(obj, f)
+
+
 def word_tokenizer():
     """A word-level fast tokenizer over ``w2 .. w{VOCAB-1}`` (``<pad>`` = 0, ``<eos>`` = 1), built offline."""
     from tokenizers import Tokenizer, models, pre_tokenizers

@@ -21,7 +21,6 @@ With ``--resume``, the configuration ``alternating`` saves checkpoints at steps 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -36,7 +35,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from transformers.data.data_collator import default_data_collator  # noqa: E402
 
 from hf_cot import COTSeq2SeqTrainer, COTSeq2SeqTrainingArguments, COTTrainer, COTTrainingArguments  # noqa: E402
-from testing_utils import causal_lm_data, classification_data, seq2seq_data, tiny_bert, tiny_llama, tiny_marian  # noqa: E402
+from testing_utils import (  # noqa: E402
+    causal_lm_data,
+    classification_data,
+    seq2seq_data,
+    tiny_bert,
+    tiny_llama,
+    tiny_marian,
+    write_rank_json,
+)
 
 # Before 5.18 the parent Trainer itself cannot resume a MULTI_CPU run: it loads optimizer.pt with
 # map_location=args.device, i.e. "cpu:<rank>", which torch.load rejects (GPU ranks, "cuda:<rank>", are fine).
@@ -131,24 +138,16 @@ def run(name: str, out_root: str, batch: int, save_steps: int | None, resume_fro
     eval_metrics = trainer.evaluate(trainer.train_dataset[:13])
     state = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
     torch.save(state, os.path.join(out, f"params_rank{rank}.pt"))
-    for fname, obj in (
-        (f"batches_rank{rank}.json", steps),
-        (f"saves_rank{rank}.json", recorder.names),
-        (f"logs_rank{rank}.json", trainer.state.log_history),
-        (f"eval_rank{rank}.json", eval_metrics),
-        (
-            f"info_rank{rank}.json",
-            {
-                "world_size": trainer.args.world_size,
-                "distributed_type": str(trainer.accelerator.distributed_type),
-                "complement_steps": trainer.complement_steps,
-                "complement_scheduler_last_epoch": getattr(trainer.complement_lr_scheduler, "last_epoch", None),
-                "global_step": trainer.state.global_step,
-            },
-        ),
-    ):
-        with open(os.path.join(out, fname), "w") as f:
-            json.dump(obj, f)
+    info = {
+        "world_size": trainer.args.world_size,
+        "distributed_type": str(trainer.accelerator.distributed_type),
+        "complement_steps": trainer.complement_steps,
+        "complement_scheduler_last_epoch": getattr(trainer.complement_lr_scheduler, "last_epoch", None),
+        "global_step": trainer.state.global_step,
+    }
+    write_rank_json(
+        out, rank, batches=steps, saves=recorder.names, logs=trainer.state.log_history, eval=eval_metrics, info=info
+    )
     trainer.accelerator.wait_for_everyone()
 
 

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from hf_cot import COTTrainer, COTTrainingArguments  # noqa: E402
-from testing_utils import causal_lm_data, prompt_completion, tiny_causal_lm, word_tokenizer  # noqa: E402
+from testing_utils import causal_lm_data, prompt_completion, tiny_causal_lm, word_tokenizer, write_rank_json  # noqa: E402
 
 # name -> (architecture, cot_mode, cot_fused_lm_head, gradient_accumulation_steps, max_steps, optim). "sft_*" run
 # COTSFTTrainer (TRL) on prompt/completion data; the others COTTrainer on pre-tokenized rows.
@@ -172,13 +172,7 @@ def run(name, out_root, engine, batch, calls: HeadCalls, save_steps=None, resume
         ),
         **facts.facts,
     }
-    for fname, obj in (
-        (f"logs_rank{rank}.json", trainer.state.log_history),
-        (f"eval_rank{rank}.json", eval_metrics),
-        (f"info_rank{rank}.json", info),
-    ):
-        with open(os.path.join(out, fname), "w") as f:
-            json.dump(obj, f)
+    write_rank_json(out, rank, logs=trainer.state.log_history, eval=eval_metrics, info=info)
     trainer.accelerator.wait_for_everyone()
 
 
