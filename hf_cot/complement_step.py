@@ -172,7 +172,15 @@ class ComplementStep:
     double its weight and tie the router's balance to the complement learning rate.
     """
 
-    def __init__(self, primary: torch.optim.Optimizer, args, num_training_steps: int):
+    def __init__(
+        self,
+        primary: torch.optim.Optimizer,
+        args,
+        num_training_steps: int,
+        make_scheduler: Callable[[torch.optim.Optimizer], object] | None = None,
+    ):
+        """``make_scheduler(optimizer)`` builds the complement scheduler (the trainer passes its own scheduler
+        factory, so that both optimizers follow one schedule); None: `get_scheduler` from ``args``."""
         from transformers.optimization import get_scheduler
 
         primary = unwrap_optimizer(primary)
@@ -180,13 +188,16 @@ class ComplementStep:
         base_lr = args.learning_rate
         ratio = args.effective_complement_learning_rate / base_lr if base_lr > 0 else 0.0
         self.optimizer = copy_optimizer(primary, ratio)
-        self.scheduler = get_scheduler(
-            args.lr_scheduler_type,
-            optimizer=self.optimizer,
-            num_warmup_steps=args.get_warmup_steps(num_training_steps),
-            num_training_steps=num_training_steps,
-            scheduler_specific_kwargs=args.lr_scheduler_kwargs,
-        )
+        if make_scheduler is not None:
+            self.scheduler = make_scheduler(self.optimizer)
+        else:
+            self.scheduler = get_scheduler(
+                args.lr_scheduler_type,
+                optimizer=self.optimizer,
+                num_warmup_steps=args.get_warmup_steps(num_training_steps),
+                num_training_steps=num_training_steps,
+                scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+            )
         self.normalization = args.complement_normalization
         self.every = args.complement_every
         self.max_grad_norm = args.max_grad_norm if args.max_grad_norm and args.max_grad_norm > 0 else math.inf

@@ -26,6 +26,7 @@ that mixes in `COTArgumentsMixin`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import warnings
 from collections import defaultdict
@@ -361,13 +362,34 @@ class COTMixin:
 
     # ------------------------------------------------------------------ training: the complement step (alternating)
 
+    # True while `create_scheduler` runs for the complement optimizer (`_complement_scheduler`).
+    _cot_scheduling_complement = False
+
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         scheduler = super().create_scheduler(num_training_steps=num_training_steps, optimizer=optimizer)
-        if self.cot_mode == "alternating":
+        if self.cot_mode == "alternating" and not self._cot_scheduling_complement:
             # Rebuilt whenever the Trainer builds its scheduler (a new optimizer with model_init, HP search, or
             # auto_find_batch_size's restarts).
-            self._complement = ComplementStep(self.optimizer, self.args, num_training_steps)
+            self._complement = self._new_complement_step(num_training_steps)
         return scheduler
+
+    def _new_complement_step(self, num_training_steps: int) -> ComplementStep:
+        return ComplementStep(
+            self.optimizer,
+            self.args,
+            num_training_steps,
+            make_scheduler=functools.partial(self._complement_scheduler, num_training_steps=num_training_steps),
+        )
+
+    def _complement_scheduler(self, optimizer, num_training_steps: int):
+        """The trainer's own `create_scheduler` (the outermost class's, so a subclass's schedule - axolotl's
+        min-lr cosine, say - included) run for the complement optimizer, leaving ``self.lr_scheduler`` as it was."""
+        primary, self.lr_scheduler = self.lr_scheduler, None
+        self._cot_scheduling_complement = True
+        try:
+            return self.create_scheduler(num_training_steps, optimizer=optimizer)
+        finally:
+            self.lr_scheduler, self._cot_scheduling_complement = primary, False
 
     def _complement_update(self) -> None:
         if self._complement is None:
@@ -549,6 +571,9 @@ class COTMixin:
 
     def _load_rng_state(self, checkpoint) -> None:
         super()._load_rng_state(checkpoint)
+        self._load_complement_rng_state(checkpoint)
+
+    def _load_complement_rng_state(self, checkpoint) -> None:
         if checkpoint is not None and self._complement is not None:
             self._complement.load_rng_state(checkpoint, self.args.process_index)
 

@@ -41,3 +41,14 @@ def test_unknown_attribute_is_an_attribute_error():
 
 def test_version_is_written_once():
     assert importlib.metadata.version("hf-cot") == hf_cot.__version__
+
+
+def test_the_axolotl_plugin_is_imported_only_when_used():
+    """`import hf_cot` never imports axolotl; the plugin module without axolotl says what to install."""
+    code = (
+        "import sys; sys.modules['axolotl'] = None\nimport hf_cot, hf_cot.integrations\n"
+        "try:\n    import hf_cot.integrations.axolotl\nexcept ImportError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "install axolotl" in out.stdout and "hf-cot[axolotl]" in out.stdout
