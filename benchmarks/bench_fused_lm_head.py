@@ -235,7 +235,7 @@ def loss_part(opts) -> list[dict]:
 
 def finish_loss_row(row: dict) -> dict:
     """Derived numbers of one cell: the weight gradient's size, memory without it, the fused/materialized ratios."""
-    from hf_cot.linear_losses import _chunk_rows
+    from hf_cot.ops.chunking import head_chunk_rows
 
     row["grad_weight_mib"] = row["v"] * row["d"] * 4 / 2**20  # float32 [V, d]: both paths produce it
     for name, res in row["results"].items():
@@ -244,7 +244,7 @@ def finish_loss_row(row: dict) -> dict:
         res["extra_peak_excl_grad_weight_mib"] = res["extra_peak_mib"] - row["grad_weight_mib"]
         if name.startswith("fused"):
             chunk = int(name.split("=")[1]) if "=" in name else None
-            res["chunk_rows"] = min(row["n"], _chunk_rows(row["n"], row["v"], chunk))
+            res["chunk_rows"] = min(row["n"], head_chunk_rows(row["d"], row["v"], chunk))
     fused, mat = row["results"].get("fused"), row["results"].get("materialized")
     if fused and mat and "skipped" not in mat:
         row["memory_ratio"] = fused["extra_peak_mib"] / mat["extra_peak_mib"]

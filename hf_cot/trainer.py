@@ -8,7 +8,7 @@
 * `hf_cot.complement_step`: the alternating mode's second optimizer, its scheduler, its step and checkpoint files;
 * `hf_cot.model_card`: tags, paper, card section.
 
-Design (README "How it works" has the long version):
+Design (docs/how-it-works.md has the long version):
 
 * The loss is computed here from the logits (causal LMs: from the fused head's per-token terms), normalized by the
   number of valid labels in the whole gradient-accumulation window across all processes, which makes GA and DDP

@@ -23,8 +23,9 @@ if ! python -c "import hf_cot, pytest, hypothesis" 2>/dev/null; then
 fi
 python - "$TRL_OLDEST" <<'PY'
 import sys, axolotl, transformers, trl
+from packaging.version import Version
 print(f"[axolotl] axolotl {axolotl.__version__}, transformers {transformers.__version__}, trl {trl.__version__}")
-assert trl.__version__ == sys.argv[1], f"axolotl's TRL {trl.__version__} is not the oldest pyproject allows ({sys.argv[1]})"
+assert Version(trl.__version__) == Version(sys.argv[1]), f"axolotl's TRL {trl.__version__} != oldest allowed {sys.argv[1]}"
 PY
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_EVALUATE_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false WANDB_DISABLED=true AXOLOTL_DO_NOT_TRACK=1

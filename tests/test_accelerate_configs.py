@@ -171,8 +171,11 @@ def test_header_gives_the_launch_commands(name):
 
 
 def test_the_docs_name_only_existing_configs():
-    """README.md and examples/accelerate_configs/README.md name every config, and every config they name exists."""
-    for doc in (ROOT / "README.md", CONFIG_DIR / "README.md"):
+    """docs/compatibility.md (the engine table) and examples/accelerate_configs/README.md name every config, and every
+    config they name exists; the README points at both."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "](examples/accelerate_configs/README.md)" in readme and "](docs/compatibility.md)" in readme
+    for doc in (ROOT / "docs" / "compatibility.md", CONFIG_DIR / "README.md"):
         text = doc.read_text(encoding="utf-8")
         named = set(re.findall(r"examples/accelerate_configs/([\w.-]+\.yaml)", text))
         named |= set(re.findall(r"\]\(([\w.-]+\.yaml)\)", text))  # relative links inside the configs' README

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+import types
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hf_cot.linear_losses import linear_complement_entropy, linear_complement_terms
 from hf_cot.losses import (
     complement_entropy,
     complement_normalizer,
@@ -25,6 +27,7 @@ from hf_cot.losses import (
     guided_complement_entropy,
     guided_rows,
 )
+from hf_cot.ops import backend
 
 INF = float("inf")
 
@@ -507,6 +510,166 @@ def test_complement_terms_and_guided_rows():
     assert_close64(leaf.grad, ref_leaf.grad, atol=1e-6)
     rows = guided_rows(entropy.detach(), log_pg.detach(), valid, 40, 0.5)
     torch.testing.assert_close(rows.sum() / valid.sum(), guided_complement_entropy(logits, labels, alpha=0.5))
+
+
+# ----------------------------------------------------------------------------------------------- impl=
+# Which implementation runs is decided by `impl=` (default: HF_COT_TRITON). Here the Triton kernels module is replaced
+# by a stand-in whose entry points record the call and raise, so these tests need no triton: a call that reaches the
+# kernels is seen, and one that does not must match the float64 reference (tests/test_triton_kernels.py runs the real
+# kernels under Triton's interpreter).
+
+
+class _KernelLaunched(Exception):
+    pass
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    calls = []
+
+    def entry(name):
+        def launch(*args, **kwargs):
+            calls.append(name)
+            raise _KernelLaunched(name)
+
+        return launch
+
+    stand_in = types.SimpleNamespace(
+        INTERPRETED=True, forward_sums=entry("forward_sums"), backward_grad=entry("backward_grad")
+    )
+    monkeypatch.setattr(backend, "load_triton_kernels", lambda: stand_in)
+    return calls
+
+
+def _head_problem(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(7, 6, generator=gen, dtype=torch.float64)
+    weight = torch.randn(11, 6, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, 11, (7,), generator=gen)
+    labels[2] = -100
+    return hidden, weight, labels
+
+
+def _impl_cases():
+    """(name, call(logits, labels, hidden, weight, head_labels, **kw) -> scalar to backpropagate, float64 reference)."""
+    logits, labels = make_case((2, 3), 9, seed=30, ignore_fraction=0.3)
+    hidden, weight, head_labels = _head_problem()
+
+    def ref_linear(h, w, y):
+        entropy, log_pg, _ = ref_terms(h @ w.T, y)
+        return entropy.sum() - 0.5 * log_pg.sum()
+
+    return [
+        ("complement_entropy", lambda z, **kw: complement_entropy(z, labels, **kw), ref_complement_entropy, logits),
+        (
+            "complement_objective",
+            lambda z, **kw: complement_objective(z, labels, normalization="paper", **kw),
+            lambda z, y: -ref_complement_entropy(z, y) / 8,
+            logits,
+        ),
+        ("guided_complement_entropy", lambda z, **kw: guided_complement_entropy(z, labels, **kw), ref_gce, logits),
+        (
+            "complement_terms",
+            lambda z, **kw: (lambda t: t[0].sum() - 0.5 * t[1].sum())(complement_terms(z, labels, **kw)),
+            lambda z, y: (lambda t: t[0].sum() - 0.5 * t[1].sum())(ref_terms(z, y)),
+            logits,
+        ),
+        (
+            "linear_complement_terms",
+            lambda h, **kw: (lambda t: t["complement_entropy"].sum() - 0.5 * t["log_probs"].sum())(
+                linear_complement_terms(h, weight.float(), head_labels, chunk_size=3, **kw)
+            ),
+            lambda h, y: ref_linear(h, weight, head_labels),
+            hidden,
+        ),
+        (
+            "linear_complement_entropy",
+            lambda h, **kw: linear_complement_entropy(h, weight.float(), head_labels, reduction="sum", **kw),
+            lambda h, y: ref_terms(h @ weight.T, head_labels)[0].sum(),
+            hidden,
+        ),
+    ], labels
+
+
+_IMPL_CASES, _IMPL_LABELS = _impl_cases()
+_IMPL_IDS = [case[0] for case in _IMPL_CASES]
+
+
+def _check_against_reference(case, **kw):
+    _, call, ref, inputs = case
+    out, grad = value_and_grad(lambda x, _y, **k: call(x, **k), inputs.float(), _IMPL_LABELS, **kw)
+    ref_out, ref_grad = ref_value_and_grad(ref, inputs, _IMPL_LABELS)
+    assert_close64(out, ref_out, atol=1e-5)
+    assert_close64(grad, ref_grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("case", _IMPL_CASES, ids=_IMPL_IDS)
+def test_impl_eager_never_launches_the_kernels_even_when_forced(case, kernel_calls, monkeypatch):
+    monkeypatch.setenv("HF_COT_TRITON", "force")
+    _check_against_reference(case, impl="eager")
+    assert kernel_calls == []
+    # an explicit impl is not overridden by the variable, whatever its value
+    monkeypatch.setenv("HF_COT_TRITON", "not-a-mode")
+    _check_against_reference(case, impl="auto")  # "auto" on CPU tensors: eager
+    assert kernel_calls == []
+
+
+@pytest.mark.parametrize("case", _IMPL_CASES, ids=_IMPL_IDS)
+@pytest.mark.parametrize("env", ["force", "triton", "0", "eager", "auto", None])
+def test_the_environment_variable_is_the_default_impl(case, env, kernel_calls, monkeypatch):
+    if env is None:
+        monkeypatch.delenv("HF_COT_TRITON", raising=False)
+    else:
+        monkeypatch.setenv("HF_COT_TRITON", env)
+    if env in ("force", "triton"):
+        with pytest.raises(_KernelLaunched, match="forward_sums"):
+            _check_against_reference(case)
+        assert kernel_calls == ["forward_sums"]
+    else:  # "0", "eager", and "auto" / unset on CPU tensors
+        _check_against_reference(case)
+        assert kernel_calls == []
+    # impl="triton" reaches the kernels whatever the variable says
+    monkeypatch.setenv("HF_COT_TRITON", "0")
+    with pytest.raises(_KernelLaunched):
+        _check_against_reference(case, impl="triton")
+
+
+@pytest.mark.parametrize("case", _IMPL_CASES, ids=_IMPL_IDS)
+@pytest.mark.parametrize("impl", ["cuda", "Triton", "force", "0", "", True])
+def test_an_unknown_impl_is_refused_before_any_work(case, impl, kernel_calls):
+    _, call, _, _ = case
+    # the inputs are not even tensors: the impl is checked first
+    with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'eager', 'triton'\).*HF_COT_TRITON"):
+        call(None, impl=impl)
+    assert kernel_calls == []
+
+
+def test_an_unknown_environment_value_names_the_accepted_ones(monkeypatch):
+    monkeypatch.setenv("HF_COT_TRITON", "yes")
+    logits, labels = make_case((3,), 5)
+    with pytest.raises(ValueError, match="HF_COT_TRITON must be one of .*'auto', '0', 'force', 'eager', 'triton'"):
+        complement_entropy(logits, labels)
+
+
+@pytest.mark.parametrize("case", _IMPL_CASES, ids=_IMPL_IDS)
+def test_impl_triton_without_triton_says_what_to_install(case, monkeypatch):
+    monkeypatch.setattr(backend, "load_triton_kernels", lambda: None)
+    _, call, _, inputs = case
+    for env, kw in (("0", {"impl": "triton"}), ("force", {})):
+        monkeypatch.setenv("HF_COT_TRITON", env)
+        with pytest.raises(RuntimeError, match=r"impl='triton'.*needs triton.*pip install triton.*'eager'"):
+            call(inputs.float(), **kw)
+    # "auto" falls back to the eager kernel, silently and correctly
+    _check_against_reference(case, impl="auto")
+
+
+@pytest.mark.parametrize("case", _IMPL_CASES, ids=_IMPL_IDS)
+def test_impl_triton_on_cpu_tensors_needs_the_interpreter(case, kernel_calls, monkeypatch):
+    monkeypatch.setattr(backend.load_triton_kernels(), "INTERPRETED", False)
+    _, call, _, inputs = case
+    with pytest.raises(RuntimeError, match=r"CUDA tensors, got a tensor on cpu.*TRITON_INTERPRET=1.*'eager'"):
+        call(inputs.float(), impl="triton")
+    assert kernel_calls == []
 
 
 # ----------------------------------------------------------------------------------------------- fuzz

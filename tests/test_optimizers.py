@@ -3,7 +3,7 @@ per optimizer step, finite weights, a copy of the primary's class, exact resume)
 built, with a message naming cot_mode='joint' - which then trains with it. Never a crash in the middle of a run.
 
 The optional optimizer packages (bitsandbytes, galore-torch, apollo-torch, lomo-optim, schedulefree, grokadamw,
-torch-optimi) come with the `test` extra. The matrix and the reasons are in the README ("Optimizers").
+torch-optimi) come with the `test` extra. The matrix and the reasons are in docs/compatibility.md ("Optimizers").
 """
 
 import os

@@ -1,10 +1,11 @@
 """The fused Triton kernels against the eager chunked kernel, entry for entry.
 
-On a machine without a GPU they run under Triton's CPU interpreter (``TRITON_INTERPRET=1``, forced with
-``HF_COT_TRITON=force``): the same kernel source, so indexing, masking, the floor and the degenerate-row rule are
+On a machine without a GPU they run under Triton's CPU interpreter (``TRITON_INTERPRET=1``, chosen with
+``impl="triton"`` or ``HF_COT_TRITON=force``): the same kernel source, so indexing, masking, the floor and the degenerate-row rule are
 checked in CI; on a CUDA machine the same tests run the compiled kernels.
 """
 
+import math
 import os
 
 import pytest
@@ -18,7 +19,13 @@ if not CUDA and os.environ.get("TRITON_INTERPRET") != "1":
         pytrace=False,
     )
 
-from hf_cot.losses import complement_entropy, guided_complement_entropy  # noqa: E402
+from hf_cot.losses import (  # noqa: E402
+    complement_entropy,
+    complement_objective,
+    complement_terms,
+    guided_complement_entropy,
+)
+from hf_cot.ops import triton_kernels  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
 
@@ -88,8 +95,81 @@ def test_unknown_kernel_mode_is_refused(kernel_mode):
         complement_entropy(torch.randn(2, 4, device=DEVICE), torch.tensor([0, 1], device=DEVICE))
 
 
+@pytest.fixture
+def launches(monkeypatch):
+    """Counts the launches of the real kernels' two entry points (which still run)."""
+    counts = {"forward_sums": 0, "backward_grad": 0}
+    for name in counts:
+        original = getattr(triton_kernels, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            counts[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(triton_kernels, name, counted)
+    return counts
+
+
+def _reference_terms(logits, labels):
+    """float64 ``(H, log p_g)`` per row from the definition (masked log-softmax), 0 where the label is ignored."""
+    z = logits.double()
+    valid = labels != -100
+    target = labels.clamp(min=0)
+    log_q = torch.log_softmax(z.scatter(1, target[:, None], float("-inf")), -1)
+    entropy = -(log_q.exp() * log_q.nan_to_num(neginf=0.0)).sum(-1)
+    log_pg = torch.log_softmax(z, -1).gather(1, target[:, None]).squeeze(1)
+    return entropy.where(valid, 0.0), log_pg.where(valid, 0.0)
+
+
+_REDUCED = {
+    "entropy": (lambda z, y, **kw: complement_entropy(z, y, reduction="none", **kw), lambda h, lp: h),
+    "objective": (
+        lambda z, y, **kw: complement_objective(z, y, reduction="none", normalization="paper", **kw),
+        lambda h, lp: -h / 36,
+    ),
+    "guided": (
+        lambda z, y, **kw: guided_complement_entropy(z, y, reduction="none", alpha=0.5, **kw),
+        lambda h, lp: -torch.exp(0.5 * lp) * h / math.log(36),
+    ),
+    "terms": (
+        lambda z, y, **kw: (lambda t: t[0] - 0.5 * t[1])(complement_terms(z, y, **kw)),
+        lambda h, lp: h - 0.5 * lp,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(_REDUCED))
+def test_impl_triton_equals_impl_eager_and_the_definition(name, launches, kernel_mode):
+    """``impl=`` picks the kernels whatever HF_COT_TRITON says; both agree with each other and with float64 math."""
+    fn, expected_of = _REDUCED[name]
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(9, 37, generator=g) * 3).to(DEVICE)
+    labels = torch.randint(0, 37, (9,), generator=g).to(DEVICE)
+    labels[2] = -100
+    upstream = torch.randn(9, generator=g).to(DEVICE)
+    ref_leaf = logits.double().requires_grad_()
+    expected = expected_of(*_reference_terms(ref_leaf, labels)).where(labels != -100, 0.0)
+    (expected * upstream).sum().backward()
+    results = {}
+    for impl, env in (("eager", "force"), ("triton", "0")):
+        kernel_mode(env)  # the opposite of impl: the keyword wins
+        before = dict(launches)
+        results[impl] = _values_and_grads(
+            lambda x, y, reduction, impl=impl: fn(x, y, impl=impl), logits, labels, upstream
+        )
+        ran = {k: launches[k] - before[k] for k in launches}
+        assert ran == (
+            {"forward_sums": 1, "backward_grad": 1} if impl == "triton" else {"forward_sums": 0, "backward_grad": 0}
+        )
+        torch.testing.assert_close(results[impl][0].double(), expected.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(results[impl][1].double(), ref_leaf.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(results["triton"][0], results["eager"][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results["triton"][1], results["eager"][1], rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("num_classes", [37, 5000])
-def test_fused_lm_head_runs_the_kernels_on_each_chunk(num_classes, kernel_mode):
+@pytest.mark.parametrize("via", ["env", "impl"])
+def test_fused_lm_head_runs_the_kernels_on_each_chunk(num_classes, via, launches, kernel_mode):
     """`linear_complement_terms` feeds each chunk's logits to the same kernels: Triton == eager, values and gradients."""
     from hf_cot.linear_losses import linear_complement_terms
 
@@ -99,11 +179,19 @@ def test_fused_lm_head_runs_the_kernels_on_each_chunk(num_classes, kernel_mode):
     labels = torch.randint(0, num_classes, (11,), generator=g).to(DEVICE)
     labels[3] = -100
     results = []
-    for mode in ("0", "force"):
-        kernel_mode(mode)
+    for mode, impl in (("0", "eager"), ("force", "triton")):
+        if via == "env":
+            kernel_mode(mode)
+            kwargs = {}
+        else:
+            kernel_mode("force" if impl == "eager" else "0")  # the opposite: the keyword wins
+            kwargs = {"impl": impl}
+        before = launches["forward_sums"]
         h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-        t = linear_complement_terms(h, w, labels, chunk_size=4)
+        t = linear_complement_terms(h, w, labels, chunk_size=4, **kwargs)
         (t["complement_entropy"].sum() - 0.5 * t["log_probs"].sum()).backward()
+        # 10 valid rows in chunks of 4: three chunks, each through the kernels (or none of them)
+        assert launches["forward_sums"] - before == (3 if impl == "triton" else 0)
         results.append((t["complement_entropy"].detach(), t["log_probs"].detach(), h.grad, w.grad))
     for eager, triton in zip(*results, strict=True):
         torch.testing.assert_close(triton, eager, atol=1e-5, rtol=1e-5)

@@ -1,8 +1,9 @@
-"""Fused GPU kernels (Triton) for the two streaming passes of :class:`hf_cot.losses._ComplementEntropyFunction`.
+"""Fused Triton kernels for the two streaming passes of `hf_cot.ops.streaming` (``impl="triton"``, and ``"auto"`` on
+CUDA).
 
-The eager kernel issues ~10 forward and ~8 backward elementwise/reduction launches per chunk of rows, each a full
-float32 pass; on a GPU that made the loss 0.4-0.7x the speed of the official formula (BENCHMARKS.md, H100). Here one
-program handles one row and reads its logits in their own dtype:
+The eager path runs each chunk of rows as about ten forward and eight backward elementwise / reduction ops, each a
+full float32 pass over the chunk (one kernel launch each on a GPU). Here one program handles one row and reads its
+logits in their own dtype:
 
 * forward: one read for the max ``M`` of the non-target logits, one read for ``s = sum e`` and ``E = sum e z'``
   (``z' = max(z - M, floor)``, ``e = exp(z')``); only three floats per row are written;
@@ -101,6 +102,11 @@ def _backward_kernel(
         grad = tl.exp(shifted) * (alpha * shifted + beta)
         grad = tl.where(cols == gold, at_target, grad)
         tl.store(out + cols, grad.to(grad_ptr.dtype.element_ty), mask=in_row)
+
+
+# Triton picks its interpreter when the kernels are decorated (TRITON_INTERPRET=1 at import): they then also run on CPU
+# tensors, as the tests use them without a GPU.
+INTERPRETED = not isinstance(_forward_kernel, triton.runtime.jit.JITFunction)
 
 
 def _block(num_classes: int) -> tuple[int, int]:
