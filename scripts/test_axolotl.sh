@@ -29,4 +29,4 @@ assert Version(trl.__version__) == Version(sys.argv[1]), f"axolotl's TRL {trl.__
 PY
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_EVALUATE_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false WANDB_DISABLED=true AXOLOTL_DO_NOT_TRACK=1
-exec python -m pytest tests/test_axolotl.py tests/test_trl.py "$@"
+exec python -m pytest tests/integrations/test_axolotl.py tests/integrations/test_trl.py "$@"

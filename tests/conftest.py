@@ -8,7 +8,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_DISABLED", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Without a GPU, tests/test_triton_kernels.py runs the Triton kernels on Triton's CPU interpreter. That has to be chosen
+# Without a GPU, tests/ops/test_triton_kernels.py runs the Triton kernels on Triton's CPU interpreter. That has to be chosen
 # before anything imports triton (its standard library is decorated at import), hence here, before torch.
 if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -5,6 +5,8 @@ import importlib.metadata
 import subprocess
 import sys
 
+import pytest
+
 import hf_cot
 
 
@@ -12,6 +14,7 @@ def _fresh_python(code: str) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
+@pytest.mark.slow  # a fresh interpreter per check
 def test_loss_imports_do_not_load_transformers():
     _fresh_python(
         "import sys\n"

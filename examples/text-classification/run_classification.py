@@ -14,7 +14,7 @@ and so do local csv/json files (`--train_file --validation_file --test_file`, `-
 
 COT vs the plain Trainer: this script differs from a plain-`Trainer` script in two names only, the arguments class
 (`COTTrainingArguments` for `TrainingArguments`) and the trainer class (`COTTrainer` for `Trainer`), plus the import
-that brings them in; tests/test_examples.py checks that. `--cot_mode off` makes `COTTrainer` defer every step to
+that brings them in; tests/examples/test_examples.py checks that. `--cot_mode off` makes `COTTrainer` defer every step to
 `transformers.Trainer`, i.e. the plain cross-entropy baseline; `--cot_mode joint` (default), `alternating` or
 `guided` pick the COT variant (see `python run_classification.py --help`).
 """

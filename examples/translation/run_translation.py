@@ -26,7 +26,7 @@ Runs unchanged under `accelerate launch`.
 
 COT vs the plain Seq2SeqTrainer: this script differs from a plain-`Seq2SeqTrainer` script in two names only, the
 arguments class (`COTSeq2SeqTrainingArguments` for `Seq2SeqTrainingArguments`) and the trainer class
-(`COTSeq2SeqTrainer` for `Seq2SeqTrainer`), plus the import that brings them in; tests/test_examples.py checks that.
+(`COTSeq2SeqTrainer` for `Seq2SeqTrainer`), plus the import that brings them in; tests/examples/test_examples.py checks that.
 `--cot_mode off` makes the trainer defer every step to `transformers.Seq2SeqTrainer` (the plain cross-entropy
 baseline). Over a vocabulary, the complement is every wrong token: see `--complement_normalization` in `--help`.
 """
@@ -53,7 +53,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from hf_cot import COTSeq2SeqTrainer, COTSeq2SeqTrainingArguments  # isort: skip (tests/test_examples.py swaps it)
+from hf_cot import COTSeq2SeqTrainer, COTSeq2SeqTrainingArguments  # isort: skip (tests/examples/test_examples.py swaps it)
 from hf_cot import evaluate_complement_entropy
 from hf_cot import metrics as cot_metrics
 

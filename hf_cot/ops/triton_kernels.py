@@ -10,7 +10,7 @@ logits in their own dtype:
 * backward: one read, one write of the gradient ``e (alpha z' + beta)`` (``at_target`` at the ground truth).
 
 The math is the eager code's, entry for entry (same floor, same degenerate-row rule, NaN propagates), so the two
-paths agree to float32 rounding; tests/test_triton_kernels.py checks that under Triton's CPU interpreter.
+paths agree to float32 rounding; tests/ops/test_triton_kernels.py checks that under Triton's CPU interpreter.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Helper for tests/test_distributed.py: trains several tiny COT configurations in ONE process group.
+"""Helper for tests/trainers/test_distributed.py: trains several tiny COT configurations in ONE process group.
 
 Run either on one process (``python cot_ddp.py OUT --batch 2B``) or under
 ``accelerate launch --multi_gpu --num_processes 2 cot_ddp.py OUT --batch B``. ``use_cpu=True`` is what turns a

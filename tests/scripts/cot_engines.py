@@ -1,4 +1,4 @@
-"""Helper for tests/test_engines.py: trains tiny causal-LM COT configurations under one engine, or as the reference.
+"""Helper for tests/trainers/test_engines.py: trains tiny causal-LM COT configurations under one engine, or as the reference.
 
 ``python cot_engines.py OUT --engine none --batch 2B`` is the single-process reference; under
 ``torch.distributed.run --nproc_per_node 2`` with ``--engine fsdp2|fsdp2_head_unit|zero2|zero3 --batch B`` each rank is

@@ -1,4 +1,4 @@
-"""Helper for tests/test_preemption.py: uninterrupted, SIGKILLed and resumed COT runs of a tiny BERT.
+"""Helper for tests/trainers/test_preemption.py: uninterrupted, SIGKILLed and resumed COT runs of a tiny BERT.
 
 ``python cot_preempt.py ROOT full   CONFIG...``  trains each configuration to the end in ``ROOT/full/<config>``;
 ``python cot_preempt.py ROOT kill   CONFIG``     trains in ``ROOT/preempted/<config>`` and SIGKILLs its own process at

@@ -6,10 +6,9 @@ import statistics
 from pathlib import Path
 
 import pytest
-
 from test_examples import tiny_bert_dir  # noqa: F401  (the fixture)
 
-STUDIES = Path(__file__).resolve().parent.parent / "studies"
+STUDIES = Path(__file__).resolve().parents[2] / "studies"
 
 
 def _load(name):

@@ -25,12 +25,12 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
 from cot_preempt import CONFIGS  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = Path(__file__).parent / "scripts" / "cot_preempt.py"
+SCRIPT = Path(__file__).parents[1] / "scripts" / "cot_preempt.py"
 
 
 def _env() -> dict:

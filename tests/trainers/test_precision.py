@@ -172,6 +172,7 @@ class _ComplementUpdateProbe(TrainerCallback):
             self.after_complement = _snapshot(model)
 
 
+@pytest.mark.slow  # the GradScaler emulations on CPU (this and the next three)
 @pytest.mark.parametrize("clip", [False, True], ids=["noclip", "clip"])
 @pytest.mark.parametrize("scaled", [False, True], ids=["fp32", "gradscaler"])
 def test_fp16_scaler_no_double_unscale(tmp_path, scaled, clip):
@@ -223,6 +224,7 @@ def test_fp16_scaler_no_double_unscale(tmp_path, scaled, clip):
     assert checked >= 5, "too few parameters with a resolvable complement update"
 
 
+@pytest.mark.slow
 def test_fp16_scaler_run_matches_fp32_run(tmp_path):
     """Without overflow the emulated GradScaler must be transparent over several COT steps (every grad norm and
     the final weights equal the unscaled run's), i.e. the two optimizers share the scaler correctly."""
@@ -267,6 +269,7 @@ class _PoisonComplementBackward(TrainerCallback):
             self.after = _snapshot(model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scaled", [False, True], ids=["fp32", "gradscaler"])
 def test_overflowing_complement_step_is_skipped(out_dir, scaled):
     model = tiny_bert()
@@ -295,6 +298,7 @@ def test_overflowing_complement_step_is_skipped(out_dir, scaled):
         assert trainer.accelerator.scaler.get_scale() == INIT_SCALE / 2
 
 
+@pytest.mark.slow
 def test_fp16_autocast_with_scaler_on_cpu(out_dir):
     """The full fp16 path on CPU: fp16 autocast forward (CPU autocast supports float16) plus the GradScaler.
     Checked against the fp32 run: same steps, grad norms within fp16 precision, finite weights."""

@@ -17,6 +17,8 @@ from transformers import Trainer, TrainingArguments
 from hf_cot import COTTrainer, COTTrainingArguments
 from testing_utils import classification_data, tiny_bert
 
+pytestmark = pytest.mark.slow  # one short training run per optional optimizer package
+
 # Trains in alternating mode and resumes exactly.
 SUPPORTED = [
     "adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop",

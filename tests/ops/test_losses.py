@@ -515,7 +515,7 @@ def test_complement_terms_and_guided_rows():
 # ----------------------------------------------------------------------------------------------- impl=
 # Which implementation runs is decided by `impl=` (default: HF_COT_TRITON). Here the Triton kernels module is replaced
 # by a stand-in whose entry points record the call and raise, so these tests need no triton: a call that reaches the
-# kernels is seen, and one that does not must match the float64 reference (tests/test_triton_kernels.py runs the real
+# kernels is seen, and one that does not must match the float64 reference (tests/ops/test_triton_kernels.py runs the real
 # kernels under Triton's interpreter).
 
 

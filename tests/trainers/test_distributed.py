@@ -39,12 +39,12 @@ import torch
 
 from testing_utils import tiny_bert, tiny_llama, tiny_marian
 
-sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
 from cot_ddp import PARENT_RESUMES_MULTI_CPU  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = Path(__file__).parent / "scripts" / "cot_ddp.py"
+SCRIPT = Path(__file__).parents[1] / "scripts" / "cot_ddp.py"
 CONFIGS = ["alternating", "alternating_ga2", "joint", "seq2seq", "causal_lm"]
 TOL = 5e-5
 

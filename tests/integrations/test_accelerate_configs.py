@@ -2,7 +2,7 @@
 launch`'s own argument handling (no process is started), to the engine its name and header claim: the environment
 the launcher hands each process, and the FSDP / DeepSpeed plugin each process's `Accelerator` builds from it.
 
-What training under these configs gives is tested in tests/test_engines.py (2 CPU processes per engine) and, on GPUs,
+What training under these configs gives is tested in tests/trainers/test_engines.py (2 CPU processes per engine) and, on GPUs,
 by benchmarks/gpu_engines_smoke.sh."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 from accelerate.utils import DistributedType
 from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "examples" / "accelerate_configs"
 
 # file -> (distributed type, mixed precision, what the launcher must put in each process's environment)

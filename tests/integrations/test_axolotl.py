@@ -322,7 +322,7 @@ def test_the_example_config_validates(root):
     """examples/axolotl/cot_sft.yml, with its Hub model and dataset swapped for the local tiny ones."""
     import yaml
 
-    example = yaml.safe_load((Path(__file__).parents[1] / "examples" / "axolotl" / "cot_sft.yml").read_text())
+    example = yaml.safe_load((Path(__file__).parents[2] / "examples" / "axolotl" / "cot_sft.yml").read_text())
     local = _base_config(root, "example")
     example.update({k: local[k] for k in ("base_model", "datasets", "output_dir", "dataset_prepared_path")})
     cfg = _load(root, **example)

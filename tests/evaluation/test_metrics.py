@@ -38,6 +38,7 @@ def test_available_and_unknown_name():
         metrics.metric_path("accuracy")
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_lazy_import_and_offline_load_from_an_empty_modules_cache(tmp_path):
     # One subprocess for both checks (importing torch/transformers dominates its cost): `import hf_cot` must not
     # import evaluate, and loading by path must work offline with nothing cached.

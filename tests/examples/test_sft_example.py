@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("trl")
 pytest.importorskip("tokenizers")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SFT = ROOT / "examples" / "language-modeling" / "run_sft.py"
 BIBLE = ROOT / "examples" / "translation" / "data" / "bible_es_en.jsonl.gz"
 VOCAB = 320

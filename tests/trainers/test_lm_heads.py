@@ -80,6 +80,7 @@ def test_step_reports_ce_and_follows_the_objective_on_shifted_or_token_logits(ki
         assert torch.allclose(p.grad, q.grad, atol=1e-6, rtol=1e-4), name
 
 
+@pytest.mark.slow  # 9 pairs of runs; GA exactness is also in test_trainer.py (classifier, causal LM)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "token"])
 def test_gradient_accumulation_is_exact_with_uneven_token_counts(kind, mode, out_dir):

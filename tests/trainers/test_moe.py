@@ -19,6 +19,7 @@ from hf_cot import COTTrainer, COTTrainingArguments
 from testing_utils import causal_lm_data, tiny_moe
 
 ARCHS = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"]  # the MoE families transformers 4.57 and 5.x both have
+pytestmark = pytest.mark.slow  # 4 MoE families x every mode: ~1 min
 
 
 def _train(model, out_dir, **kw):
