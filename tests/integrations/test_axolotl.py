@@ -9,6 +9,7 @@ joint with `complement_weight: 0`; an uninterrupted alternating run is the refer
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -230,7 +231,7 @@ def test_alternating_resume_matches_the_uninterrupted_run(runs):
 # ---------------------------------------------------------------------------------------------- config-time checks
 
 
-_loads = iter(range(10**6))
+_loads = itertools.count()  # a fresh config file per load
 
 
 def _load(root: Path, extra_yaml: str = "", **overrides):

@@ -11,8 +11,14 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from ...config import COTArgumentsMixin
 
-# The YAML keys document themselves with the help text of the Trainer arguments (one home for both).
-_HELP = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(COTArgumentsMixin)}
+# The Trainer arguments' fields: the YAML keys take their defaults and help text from there (one home for both).
+_FIELDS = {f.name: f for f in dataclasses.fields(COTArgumentsMixin)}
+
+
+def _key(name: str):
+    """The pydantic field of YAML key ``name``: the dataclass field's default, its help as the description."""
+    field = _FIELDS[name]
+    return Field(default=field.default, json_schema_extra={"description": field.metadata.get("help", "")})
 
 
 # axolotl options that replace the loss or the training objective: COT computes the loss itself, so they cannot run
@@ -34,7 +40,7 @@ _CUT_CROSS_ENTROPY_PLUGIN = "cut_cross_entropy.CutCrossEntropyPlugin"  # its key
 
 def axolotl_conflict(data: dict) -> str | None:
     """What in a raw axolotl config cannot run with its COT mode (None when nothing, or when cot_mode is off)."""
-    mode = _mode(data.get("cot_mode", "joint"))
+    mode = _mode(data.get("cot_mode", _FIELDS["cot_mode"].default))
     if mode == "off":
         return None
     fix = "remove it, or set `cot_mode: off` to train with it and without COT"
@@ -92,17 +98,13 @@ class COTArgs(BaseModel):
     """The COT keys of an axolotl config (`plugins: [hf_cot.integrations.axolotl.COTPlugin]`). Defaults and meaning
     are those of `hf_cot.COTTrainingArguments`."""
 
-    cot_mode: str = Field(default="joint", json_schema_extra={"description": _HELP["cot_mode"]})
-    complement_learning_rate: float | None = Field(
-        default=None, json_schema_extra={"description": _HELP["complement_learning_rate"]}
-    )
-    complement_weight: float = Field(default=1.0, json_schema_extra={"description": _HELP["complement_weight"]})
-    guided_alpha: float = Field(default=1.0 / 3.0, json_schema_extra={"description": _HELP["guided_alpha"]})
-    complement_normalization: str = Field(
-        default="log", json_schema_extra={"description": _HELP["complement_normalization"]}
-    )
-    complement_every: int = Field(default=1, json_schema_extra={"description": _HELP["complement_every"]})
-    cot_fused_lm_head: bool | None = Field(default=None, json_schema_extra={"description": _HELP["cot_fused_lm_head"]})
+    cot_mode: str = _key("cot_mode")
+    complement_learning_rate: float | None = _key("complement_learning_rate")
+    complement_weight: float = _key("complement_weight")
+    guided_alpha: float = _key("guided_alpha")
+    complement_normalization: str = _key("complement_normalization")
+    complement_every: int = _key("complement_every")
+    cot_fused_lm_head: bool | None = _key("cot_fused_lm_head")
 
     @field_validator("cot_mode", mode="before")
     @classmethod
@@ -121,5 +123,5 @@ class COTArgs(BaseModel):
     @model_validator(mode="after")
     def _validate_cot_fields(self):
         # The same checks as COTTrainingArguments, on the parsed values.
-        COTArgumentsMixin._validate_cot_fields(SimpleNamespace(**{k: getattr(self, k) for k in _HELP}))
+        COTArgumentsMixin._validate_cot_fields(SimpleNamespace(**{k: getattr(self, k) for k in _FIELDS}))
         return self
