@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .losses import complement_normalizer, per_sample_complement_entropy
-from .modeling import aligned_logits, shifts_labels, single_label_name
+from .modeling import aligned_targets, batch_labels
 
 
 @torch.no_grad()
@@ -25,22 +25,21 @@ def evaluate_complement_entropy(trainer, dataset=None, metric_key_prefix: str = 
     dataset = trainer.eval_dataset if dataset is None else dataset
     if dataset is None:
         raise ValueError("evaluate_complement_entropy needs a dataset (or the trainer's eval_dataset)")
-    label_name = single_label_name(getattr(trainer, "label_names", None))
+    label_names = getattr(trainer, "label_names", None)
     model = trainer.model
-    shift = shifts_labels(model)
     was_training = model.training
     model.eval()
     sums, counts, num_classes = [], [], None
     try:  # the model goes back to its mode even when a batch fails
         for inputs in trainer.get_test_dataloader(dataset):
             inputs = trainer._prepare_inputs(inputs)
-            if label_name not in inputs:
-                raise ValueError(f"the batches have no {label_name!r} key (got {sorted(inputs)}): no labels to score")
+            labels, shift = batch_labels(model, inputs, label_names)  # a clear error when the batch has none
             with trainer.compute_loss_context_manager():
                 outputs = model(**inputs)
-            logits, labels = aligned_logits(outputs, inputs[label_name], shift)
-            num_classes = logits.shape[-1]
-            per_sample, per_count = per_sample_complement_entropy(logits, labels)
+            pairs = aligned_targets(model, outputs, labels, shift)
+            num_classes = pairs[0][0].shape[-1]
+            per_target = [per_sample_complement_entropy(logits, target) for logits, target in pairs]
+            per_sample, per_count = sum(s for s, _ in per_target), sum(c for _, c in per_target)
             sums.append(trainer.accelerator.gather_for_metrics(per_sample).cpu())
             counts.append(trainer.accelerator.gather_for_metrics(per_count).cpu())
     finally:

@@ -3,13 +3,15 @@ and how to run it without labels. Shared by the trainers and `evaluate_complemen
 
 from __future__ import annotations
 
+import inspect
+import sys
 import warnings
 
 import torch
 
-# Heads whose classes are the vocabulary (K = vocab size, `num_labels` is meaningless there).
-LM_HEAD_SUFFIXES = ("ForCausalLM", "ForMaskedLM", "ForConditionalGeneration", "LMHeadModel", "EncoderDecoderModel")
-CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+from .heads import Head, UnsupportedHeadError, head_for
+
+SHIFT_LABELS = "shift_labels"
 
 
 def base_model(model):
@@ -22,30 +24,36 @@ def _config(model):
 
 
 def shifts_labels(model) -> bool:
-    """Causal LM heads predict position t + 1 at position t (their own loss shifts; so must ours)."""
-    return not getattr(_config(model), "is_encoder_decoder", False) and type(base_model(model)).__name__.endswith(
-        CAUSAL_SUFFIXES
-    )
+    """Whether the model's own loss scores position t's logits against label t + 1 (`hf_cot.heads`)."""
+    return head_for(model).shift
 
 
-def is_lm_head(model) -> bool:
-    return bool(getattr(_config(model), "is_encoder_decoder", False)) or type(base_model(model)).__name__.endswith(
-        LM_HEAD_SUFFIXES
-    )
+def target_label_names(head: Head, label_names) -> tuple[str, ...]:
+    """The batch keys of the head's targets: the Trainer's ``label_names`` where they name them (one target), else the
+    head's own (QA: ``start_positions``, ``end_positions``)."""
+    if len(head.targets) == 1:
+        names = label_names or ["labels"]
+        if len(names) != 1:
+            raise ValueError(f"COT needs exactly one label tensor per batch for this model, got label_names={names}")
+        return (names[0],)
+    if label_names and len(label_names) == len(head.targets):
+        return tuple(label_names)
+    return head.label_names
 
 
-def single_label_name(label_names) -> str:
-    names = label_names or ["labels"]
-    if len(names) != 1:
-        raise ValueError(f"COT needs exactly one label tensor per batch, got label_names={names}")
-    return names[0]
-
-
-def check_model_head(model, cot_mode: str) -> None:
-    """Refuse heads that have no complement of a single ground truth; warn where COT can do nothing."""
+def check_model_head(model, cot_mode: str) -> Head:
+    """The model's `Head`; refuses (`ValueError`) heads that have no complement of a single ground truth and warns
+    where COT can do nothing. Called by the trainers' constructors, before the model is changed."""
+    try:
+        head = head_for(model)
+    except UnsupportedHeadError as err:
+        raise ValueError(
+            f"COT needs one target class per scored position, which this model's head does not have: {err}. Use "
+            "cot_mode='off' (the plain Trainer) for this model."
+        ) from err
     config = _config(model)
-    if config is None or is_lm_head(model):
-        return  # vocabulary-sized heads: K is checked on the logits
+    if not head.num_labels_from_config or config is None:
+        return head  # vocabulary, choices, positions: K is checked on the logits
     problem_type = getattr(config, "problem_type", None)
     num_labels = getattr(config, "num_labels", None)
     if problem_type == "multi_label_classification":
@@ -59,75 +67,138 @@ def check_model_head(model, cot_mode: str) -> None:
             "(num_labels == 1 or problem_type='regression'). Use cot_mode='off' for regression."
         )
     if num_labels == 2:
-        if cot_mode == "guided":
-            raise ValueError(
-                "cot_mode='guided' cannot train a binary classifier: with K = 2 the complement has a single "
-                "class, its entropy is always 0, so the GCE loss is identically 0. Use cot_mode='off'."
-            )
-        warnings.warn(
-            "COT does nothing on binary classification (num_labels == 2): the complement has a single class, "
-            "so its entropy is always 0 and the complement step has a zero gradient. Use cot_mode='off' "
-            "(or a task with K >= 3 classes).",
-            UserWarning,
-            stacklevel=4,
+        check_num_classes(2, cot_mode, stacklevel=5)
+    return head
+
+
+def check_num_classes(num_classes: int, cot_mode: str, stacklevel: int = 2) -> None:
+    """K = 2: `guided` cannot train (its loss is identically 0), the other modes do nothing (warning)."""
+    if num_classes != 2:
+        return
+    if cot_mode == "guided":
+        raise ValueError(
+            "cot_mode='guided' cannot train a binary classifier: with K = 2 the complement has a single class, its "
+            "entropy is always 0, so the GCE loss is identically 0. Use cot_mode='off'."
         )
+    warnings.warn(
+        "COT does nothing on binary classification (K == 2 classes): the complement has a single class, so its "
+        "entropy is always 0 and the complement step has a zero gradient. Use cot_mode='off' (or a task with K >= 3 "
+        "classes).",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
 
 
-SHIFT_LABELS = "shift_labels"
+def _sequence_length(inputs: dict) -> int | None:
+    for key in ("input_ids", "inputs_embeds", "attention_mask"):
+        value = inputs.get(key)
+        if torch.is_tensor(value) and value.dim() >= 2:
+            return value.shape[1]
+    return None
 
 
-def batch_labels(model, inputs: dict, label_name: str) -> tuple[torch.Tensor, bool]:
-    """``(labels, shift)``: the labels to score and whether they still need the causal shift.
+def position_targets(positions: torch.Tensor, length: int | None) -> torch.Tensor:
+    """QA positions as the model's loss reads them: clamped to ``[0, length]``, ``length`` ignored (-> -100)."""
+    if positions.dim() > 1:
+        positions = positions.squeeze(-1)
+    if length is None:
+        return positions
+    positions = positions.clamp(0, length)
+    return positions.masked_fill(positions == length, -100)
+
+
+def batch_labels(model, inputs: dict, label_names) -> tuple[list[torch.Tensor], bool]:
+    """``(labels per target, shift)``: the labels to score and whether they still need the causal shift.
 
     Under context / sequence parallelism the batch carries pre-shifted ``shift_labels`` (each rank holds a slice of
     the sequence, so its last position's label comes from the next slice): they are scored as they are, like TRL's
     fused forward and transformers' loss functions do.
     """
-    if inputs.get(SHIFT_LABELS) is not None:
-        return inputs[SHIFT_LABELS], False
-    return inputs[label_name], shifts_labels(model)
+    head = head_for(model)
+    names = target_label_names(head, label_names)
+    if len(names) == 1 and inputs.get(SHIFT_LABELS) is not None:
+        return [inputs[SHIFT_LABELS]], False
+    missing = [name for name in names if name not in inputs]
+    if missing:
+        raise ValueError(
+            f"COT needs labels: the batch has no {' / '.join(map(repr, missing))} key (got {sorted(inputs)}). Check "
+            "the data collator, remove_unused_columns and label_names."
+        )
+    labels = [inputs[name] for name in names]
+    if head.positions:
+        length = _sequence_length(inputs)
+        labels = [position_targets(t, length) for t in labels]
+    return labels, head.shift
 
 
-def split_labels(model, inputs: dict, label_name: str) -> tuple[torch.Tensor, dict, bool]:
-    """``(labels, model_inputs, shift)``: the batch without its labels (``labels`` and ``shift_labels``), so that the
+def split_labels(model, inputs: dict, label_names) -> tuple[list[torch.Tensor], dict, bool]:
+    """``(labels per target, model_inputs, shift)``: the batch without its labels (and ``shift_labels``), so that the
     model computes no loss of its own, and the labels to score (`batch_labels`).
 
-    Models that build decoder inputs from labels get them explicitly: the same decoder inputs then serve the CE and
-    the complement forward.
+    Encoder-decoders get their decoder inputs built from the labels as their own forward builds them: the same
+    decoder inputs then serve the CE and the complement forward.
     """
-    if label_name not in inputs and inputs.get(SHIFT_LABELS) is None:
-        raise ValueError(
-            f"COT needs labels: the batch has no {label_name!r} key (got {sorted(inputs)}). Check the data collator "
-            "and remove_unused_columns."
-        )
-    labels, shift = batch_labels(model, inputs, label_name)
-    model_inputs = {k: v for k, v in inputs.items() if k not in (label_name, SHIFT_LABELS)}
-    base = base_model(model)
-    if getattr(_config(model), "is_encoder_decoder", False) and not (
+    labels, shift = batch_labels(model, inputs, label_names)
+    names = set(target_label_names(head_for(model), label_names)) | {SHIFT_LABELS}
+    model_inputs = {k: v for k, v in inputs.items() if k not in names}
+    if head_for(model).encoder_decoder and not (
         "decoder_input_ids" in model_inputs or "decoder_inputs_embeds" in model_inputs
     ):
-        if not hasattr(base, "prepare_decoder_input_ids_from_labels"):
-            raise ValueError(
-                f"{type(base).__name__} cannot build decoder_input_ids from labels; pass them in the batch "
-                "(DataCollatorForSeq2Seq(tokenizer, model=model) does)"
-            )
-        model_inputs["decoder_input_ids"] = base.prepare_decoder_input_ids_from_labels(labels=labels)
+        model_inputs["decoder_input_ids"] = decoder_inputs_from_labels(model, labels[0])
     return labels, model_inputs, shift
 
 
-def aligned_logits(outputs, labels: torch.Tensor, shift: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The output's logits and the labels, aligned position by position (shifted by one for causal LMs)."""
-    logits = outputs.get("logits") if isinstance(outputs, dict) else getattr(outputs, "logits", None)
+def decoder_inputs_from_labels(model, labels: torch.Tensor) -> torch.Tensor:
+    """The decoder inputs an encoder-decoder's forward builds from ``labels``: its
+    ``prepare_decoder_input_ids_from_labels``, else its module's ``shift_tokens_right`` with its config's pad and
+    decoder start tokens (Whisper, Speech2Text: what their forwards call)."""
+    base = base_model(model)
+    if hasattr(base, "prepare_decoder_input_ids_from_labels"):
+        return base.prepare_decoder_input_ids_from_labels(labels=labels)
+    shift = getattr(sys.modules.get(type(base).__module__), "shift_tokens_right", None)
+    config = base.config
+    if shift is not None:
+        parameters = len(inspect.signature(shift).parameters)
+        if parameters == 3 and getattr(config, "decoder_start_token_id", None) is not None:
+            return shift(labels, config.pad_token_id, config.decoder_start_token_id)
+        if parameters == 2:
+            return shift(labels, config.pad_token_id)
+    raise ValueError(
+        f"{type(base).__name__} cannot build decoder_input_ids from labels here; pass them in the batch "
+        "(DataCollatorForSeq2Seq(tokenizer, model=model) does)"
+    )
+
+
+def output_logits(outputs, key: str = "logits"):
+    logits = outputs.get(key) if isinstance(outputs, dict) else getattr(outputs, key, None)
     if logits is None:
         raise TypeError(
-            f"COT needs the model output to have `logits`; {type(outputs).__name__} has none. Use a model with a "
+            f"COT needs the model output to have `{key}`; {type(outputs).__name__} has none. Use a model with a "
             "classification or language-modeling head, or cot_mode='off'."
         )
-    if shift:
-        logits, labels = logits[..., :-1, :], labels[..., 1:]
-    if logits.shape[:-1] != labels.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}")
-    return logits, labels
+    return logits
+
+
+def aligned_targets(
+    model, outputs, labels: list[torch.Tensor], shift: bool
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per target, the output's logits and the labels aligned position by position (shifted by one where the
+    model's own loss shifts; QA positions clamped to the logits' length as the model clamps them)."""
+    head = head_for(model)
+    pairs = []
+    for (key, _), target in zip(head.targets, labels, strict=True):
+        logits = output_logits(outputs, key)
+        if shift:
+            logits, target = logits[..., :-1, :], target[..., 1:]
+        if head.positions:
+            target = position_targets(target.masked_fill(target == -100, logits.shape[-1]), logits.shape[-1])
+        if logits.shape[:-1] != target.shape:
+            raise ValueError(
+                f"{key} {tuple(logits.shape)} do not match labels {tuple(target.shape)} ({type(base_model(model)).__name__}, "
+                f"{head.task} head)"
+            )
+        pairs.append((logits, target))
+    return pairs
 
 
 def text_config(model):
@@ -145,8 +216,6 @@ def router_aux_loss_coef(model) -> float:
     return float(getattr(config, "router_aux_loss_coef", 0.0) or 0.0)
 
 
-def count_valid(labels: torch.Tensor, shift: bool) -> torch.Tensor:
-    """Labels that count (not -100), after the causal shift."""
-    if shift:
-        labels = labels[..., 1:]
-    return (labels != -100).sum()
+def count_valid(labels: list[torch.Tensor], shift: bool) -> torch.Tensor:
+    """Per target, the labels that count (not -100), after the causal shift: a ``[targets]`` tensor."""
+    return torch.stack([((t[..., 1:] if shift else t) != -100).sum() for t in labels])

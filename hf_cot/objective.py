@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .losses import check_label_range, complement_entropy, complement_normalizer, complement_terms, guided_rows
 
-__all__ = ["ModeSums", "mode_objective", "sums_from_logits", "sums_from_terms"]
+__all__ = ["ModeSums", "combine_targets", "mode_objective", "sums_from_logits", "sums_from_terms"]
 
 
 @dataclass
@@ -74,6 +74,22 @@ def sums_from_terms(mode: str, entropy, log_pg, valid, num_classes: int, *, guid
         flat = (entropy.reshape(-1), log_pg.reshape(-1), valid.reshape(-1))
         guided = guided_rows(*flat, num_classes, guided_alpha).sum()
     return ModeSums(ce, entropy.sum() if mode != "alternating" else None, guided, num_classes)
+
+
+def combine_targets(sums: list[ModeSums], denominators: torch.Tensor) -> tuple[ModeSums, torch.Tensor]:
+    """Several targets (extractive QA's start and end) scored as the model's own loss scores them, the mean of the
+    per-target means: ``(sums weighted by 1 / (targets x denominator), 1)``. One target: ``(sums, denominator)``
+    unchanged. Every mode's objective is linear in the sums, so the weighting commutes with `mode_objective`."""
+    if len(sums) == 1:
+        return sums[0], denominators.reshape(-1)[0]
+    weights = [1.0 / (len(sums) * d) for d in denominators.reshape(-1)]
+
+    def mixed(name):
+        values = [getattr(s, name) for s in sums]
+        return None if values[0] is None else sum(w * v for w, v in zip(weights, values, strict=True))
+
+    combined = ModeSums(mixed("ce"), mixed("entropy"), mixed("guided"), sums[0].num_classes)
+    return combined, torch.ones((), device=denominators.device, dtype=weights[0].dtype)
 
 
 def mode_objective(

@@ -35,22 +35,31 @@ import torch
 from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
 from transformers.utils import logging
 
+from .alignment_check import AlignmentMismatchError, compare_with_own_loss
 from .complement_step import ComplementStep, check_optim_name_supported, check_optimizer_supported, copy_optimizer
 from .config import COTArgumentsMixin
 from .fused_lm_head import fused_lm_head_problem, install_fused_lm_head
+from .heads import head_for
 from .losses import check_label_range, per_sample_complement_entropy
 from .model_card import PAPER, TAGS, add_cot_section, merge_tags
 from .modeling import (
-    aligned_logits,
+    aligned_targets,
     batch_labels,
     check_model_head,
+    check_num_classes,
     count_valid,
     router_aux_loss_coef,
     shifts_labels,
-    single_label_name,
     split_labels,
 )
-from .objective import ModeSums, cross_entropy_sum, mode_objective, sums_from_logits, sums_from_terms
+from .objective import (
+    ModeSums,
+    combine_targets,
+    cross_entropy_sum,
+    mode_objective,
+    sums_from_logits,
+    sums_from_terms,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -115,6 +124,8 @@ class COTMixin:
         self._cot_eval_counts: list | None = None
         self._cot_fused = False  # causal LMs: terms from the hidden states, never the logits (cot_fused_lm_head)
         self._cot_eval_wants_logits = False
+        self._cot_checked_model = None  # the model whose own loss the first batch was compared with
+        self._cot_checked_num_classes = False
         if self.cot_mode == "off":
             return
         if self.compute_loss_func is not None:
@@ -226,20 +237,44 @@ class COTMixin:
     # ------------------------------------------------------------------ inputs, logits, counts
 
     @property
-    def _label_name(self) -> str:
-        return single_label_name(getattr(self, "label_names", None))
+    def _label_names(self):
+        return getattr(self, "label_names", None)
 
     def _forward(self, model, inputs: dict):
-        """One forward without labels; returns ``(outputs, logits, labels)`` aligned position by position."""
-        labels, model_inputs, shift = split_labels(self.model, inputs, self._label_name)
+        """One forward without labels; returns ``(outputs, [(logits, labels) per target])`` aligned position by
+        position as the model's own loss aligns them (`hf_cot.heads`)."""
+        labels, model_inputs, shift = split_labels(self.model, inputs, self._label_names)
         if router_aux_loss_coef(self.model):  # as TRL: VLM wrappers return aux_loss only when asked in the call
             model_inputs["output_router_logits"] = True
         outputs = model(**model_inputs)
-        logits, labels = aligned_logits(outputs, labels, shift)
-        return outputs, logits, labels
+        return outputs, aligned_targets(self.model, outputs, labels, shift)
+
+    def _check_alignment(self, model, inputs: dict) -> None:
+        """Once per model, on the first batch: hf-cot's cross-entropy must be the model's own loss
+        (`hf_cot.alignment_check`). Every process takes part, so that all refuse together."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        if self._cot_checked_model is unwrapped:
+            return
+        problem = compare_with_own_loss(model, inputs, self._label_names, self.compute_loss_context_manager)
+        failed = torch.tensor([float(problem is not None)], device=self.args.device)
+        if self.accelerator.num_processes > 1:
+            failed = self.accelerator.reduce(failed, reduction="sum")
+        self._cot_checked_model = unwrapped
+        if problem is not None or float(failed) > 0:
+            raise AlignmentMismatchError(
+                problem
+                or "hf-cot's cross-entropy differs from the model's own loss on "
+                "another process's first batch (its message says how)"
+            )
+
+    def _check_num_classes(self, num_classes: int) -> None:
+        """K known only from the logits (multiple choice: the choices): the K = 2 warning / refusal, once."""
+        if not self._cot_checked_num_classes and not head_for(self.model).num_labels_from_config:
+            check_num_classes(num_classes, self.cot_mode, stacklevel=5)
+        self._cot_checked_num_classes = True
 
     def _loss_denominator(self, num_valid: torch.Tensor) -> torch.Tensor:
-        """Valid labels the summed loss is divided by.
+        """Valid labels the summed loss is divided by, per target (``[targets]``).
 
         In training: all valid labels of the accumulation window on all processes, divided by the number of processes
         (DDP averages gradients over processes), so that GA and DDP give exactly the gradient of the global mean.
@@ -258,11 +293,11 @@ class COTMixin:
         batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
         if self.cot_mode != "off" and batch_samples:
             count = torch.stack(
-                [count_valid(*batch_labels(self.model, b, self._label_name)) for b in batch_samples]
-            ).sum()
+                [count_valid(*batch_labels(self.model, b, self._label_names)) for b in batch_samples]
+            ).sum(0)
             count = count.to(self.args.device)
             if self.accelerator.num_processes > 1:
-                count = self.accelerator.gather(count.reshape(1)).sum()
+                count = self.accelerator.gather(count.reshape(1, -1)).sum(0)
             self._cot_window, self._cot_window_count = batch_samples, count
         return batch_samples, num_items_in_batch
 
@@ -287,6 +322,7 @@ class COTMixin:
             return super().compute_loss(
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
             )
+        self._check_alignment(model, inputs)
         if self._cot_fused and (self._cot_in_training_step or not self._cot_eval_wants_logits):
             loss, outputs = self._fused_loss(model, inputs)
             loss = self._add_router_loss(loss, outputs)
@@ -311,23 +347,28 @@ class COTMixin:
 
     def _logits_loss(self, model, inputs: dict):
         """`compute_loss` from the logits: ``(loss, outputs)``."""
-        outputs, logits, labels = self._forward(model, inputs)
-        denominator = self._loss_denominator((labels != -100).sum())
-        num_classes = logits.shape[-1]
-        flat_logits, flat_labels = logits.reshape(-1, num_classes), labels.reshape(-1)
+        outputs, pairs = self._forward(model, inputs)
+        denominators = self._loss_denominator(torch.stack([(labels != -100).sum() for _, labels in pairs]))
+        self._check_num_classes(pairs[0][0].shape[-1])
+        flat = [(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)) for logits, labels in pairs]
         if not self._cot_in_training_step:  # evaluation / prediction: CE, and the complement entropy to report
-            check_label_range(flat_labels, num_classes)
-            self._cot_eval_batch = per_sample_complement_entropy(logits, labels)
-            ce_sum = cross_entropy_sum(flat_logits, flat_labels, self.args.label_smoothing_factor)
-            return ce_sum / denominator, outputs
-        sums = sums_from_logits(
-            self.cot_mode,
-            flat_logits,
-            flat_labels,
-            label_smoothing=self.args.label_smoothing_factor,
-            guided_alpha=self.args.guided_alpha,
-        )
-        return self._training_loss(sums, denominator), outputs
+            self._cot_eval_batch = _eval_entropy(pairs)
+            ce = [
+                cross_entropy_sum(*check_flat(logits, labels), self.args.label_smoothing_factor) / denominator
+                for (logits, labels), denominator in zip(flat, denominators, strict=True)
+            ]
+            return (ce[0] if len(ce) == 1 else torch.stack(ce).mean()), outputs
+        sums = [
+            sums_from_logits(
+                self.cot_mode,
+                logits,
+                labels,
+                label_smoothing=self.args.label_smoothing_factor,
+                guided_alpha=self.args.guided_alpha,
+            )
+            for logits, labels in flat
+        ]
+        return self._training_loss(*combine_targets(sums, denominators)), outputs
 
     def _training_loss(self, sums: ModeSums, denominator: torch.Tensor) -> torch.Tensor:
         """The mode's loss (`hf_cot.objective.mode_objective`); its logged values go to the training metrics."""
@@ -343,7 +384,7 @@ class COTMixin:
         return loss
 
     def _fused_forward(self, model, inputs: dict):
-        labels, model_inputs, shift = split_labels(self.model, inputs, self._label_name)
+        (labels,), model_inputs, shift = split_labels(self.model, inputs, self._label_names)
         kwargs = {"labels": labels} if shift else {"shift_labels": labels}
         return model(**model_inputs, **kwargs, cot_fused_lm_head=True)
 
@@ -351,7 +392,7 @@ class COTMixin:
         """`compute_loss` for the fused LM head: the same objective from per-token ``H`` and ``log p_g``."""
         outputs = self._fused_forward(model, inputs)
         entropy, log_pg, valid = outputs.complement_entropy, outputs.log_probs, outputs.valid
-        denominator = self._loss_denominator(valid.sum())
+        denominator = self._loss_denominator(valid.sum().reshape(1))[0]
         if not self._cot_in_training_step:
             self._cot_eval_batch = (entropy.detach().sum(1), valid.sum(1))
             return -log_pg.sum().detach() / denominator, outputs
@@ -403,14 +444,23 @@ class COTMixin:
                     return sums_from_terms(
                         "complement", out.complement_entropy, out.log_probs, out.valid, out.vocab_size
                     )
-                _, logits, labels = self._forward(self.model_wrapped, inputs)
-                return sums_from_logits("complement", logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+                _, pairs = self._forward(self.model_wrapped, inputs)
+                sums = [
+                    sums_from_logits("complement", logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+                    for logits, labels in pairs
+                ]
+                return combine_targets(sums, denominators)[0] if len(sums) > 1 else sums[0]
 
+        count = denominators = denominator = None
+        if self._cot_window_count is not None:
+            count, denominators = self._cot_window_count.sum(), self._window_denominator()
+            # several targets (QA): sums_fn weights each by its own denominator (`combine_targets`), then divide by 1
+            denominator = denominators[0] if len(denominators) == 1 else torch.ones_like(denominators[0])
         values = self._complement(
             model=self.model_wrapped,
             window=self._cot_window,
-            count=self._cot_window_count,
-            denominator=self._window_denominator() if self._cot_window_count is not None else None,
+            count=count,
+            denominator=denominator,
             sums_fn=sums_fn,
             accelerator=self.accelerator,
             step_number=self.state.global_step + 1,
@@ -466,13 +516,12 @@ class COTMixin:
 
     @contextlib.contextmanager
     def _capture_loss_pass(self, model):
-        label_name, shift = self._label_name, shifts_labels(self.model)
-
         def hook(module, args, kwargs, output):
-            if kwargs.get(label_name) is None:  # generate()'s forwards carry no labels
+            if kwargs.get("labels") is None:  # generate()'s forwards carry no labels
                 return
-            logits, labels = aligned_logits(output, kwargs[label_name], shift)
-            self._cot_eval_batch = per_sample_complement_entropy(logits.detach(), labels)
+            labels, shift = batch_labels(self.model, kwargs, self._label_names)
+            pairs = aligned_targets(self.model, output, labels, shift)
+            self._cot_eval_batch = _eval_entropy([(logits.detach(), labels) for logits, labels in pairs])
 
         handle = self.accelerator.unwrap_model(model).register_forward_hook(hook, with_kwargs=True)
         try:
@@ -619,6 +668,17 @@ def _fsdp_optimizer_names() -> tuple[str, str]:
     from accelerate.utils.constants import OPTIMIZER_NAME
 
     return f"{OPTIMIZER_NAME}_{COMPLEMENT_OPTIMIZER_INDEX}.bin", f"{OPTIMIZER_NAME}_{COMPLEMENT_OPTIMIZER_INDEX}"
+
+
+def _eval_entropy(pairs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the complement-entropy sum and the valid count over every target."""
+    per_target = [per_sample_complement_entropy(logits, labels) for logits, labels in pairs]
+    return sum(s for s, _ in per_target), sum(c for _, c in per_target)
+
+
+def check_flat(logits: torch.Tensor, labels: torch.Tensor):
+    check_label_range(labels, logits.shape[-1])
+    return logits, labels
 
 
 def _already_scaled_sentinel(*args, **kwargs):  # pragma: no cover - only a marker for transformers < 5.19

@@ -39,7 +39,7 @@ import torch
 from .config import COTArgumentsMixin
 from .fused_lm_head import FusedCOTOutput
 from .model_card import TAGS
-from .modeling import aligned_logits, batch_labels
+from .modeling import aligned_targets, batch_labels
 from .trainer import COTMixin
 
 __all__ = ["COTSFTConfig", "COTSFTTrainer"]
@@ -113,7 +113,9 @@ class COTSFTTrainer(COTMixin, trl.SFTTrainer):
         if isinstance(outputs, FusedCOTOutput):
             valid, entropy, correct = outputs.valid, outputs.entropy, outputs.is_top1
         else:
-            logits, labels = aligned_logits(outputs, *batch_labels(self.model, inputs, self._label_name))
+            ((logits, labels),) = aligned_targets(
+                self.model, outputs, *batch_labels(self.model, inputs, self._label_names)
+            )
             valid = labels != -100
             logits = logits.float()
             log_p = torch.log_softmax(logits, dim=-1)

@@ -13,6 +13,9 @@ skipped, so an interrupted study resumes where it stopped.
     python studies/run_study.py --plan books_full --seeds 0,1,2        # verse -> book, 150 verses/book, 3 epochs
     python studies/run_study.py --plan translation --seeds 0,1,2       # es->en Bible, BERT2BERT, 1,200 steps
     OMP_NUM_THREADS=1 python studies/run_study.py --plan sft --jobs 2  # es->en Bible, Llama from scratch, TRL SFT
+    OMP_NUM_THREADS=1 python studies/run_study.py --plan digits_sgd --seeds 0,1,2,3,4    # from scratch: tiny ResNet,
+    OMP_NUM_THREADS=1 python studies/run_study.py --plan digits_adamw --seeds 0,1,2,3,4  # digits (SGD as the paper / AdamW)
+    OMP_NUM_THREADS=1 python studies/run_study.py --plan bbc_scratch --seeds 0,1,2       # MiniLM's architecture, random init
     python studies/summarize.py                                        # tables + plots -> studies/results/
 
 `--extra` appends arguments to every run (e.g. `--bf16` on a GPU, or a tiny local model for a smoke test);
@@ -38,6 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSIFY = os.path.join(ROOT, "examples", "text-classification", "run_classification.py")
 TRANSLATE = os.path.join(ROOT, "examples", "translation", "run_translation.py")
 SFT = os.path.join(ROOT, "examples", "language-modeling", "run_sft.py")
+IMAGE = os.path.join(ROOT, "examples", "image-classification", "run_image_classification.py")
 BIBLE = os.path.join(ROOT, "examples", "translation", "data", "bible_es_en.jsonl.gz")
 
 MODES = {
@@ -103,11 +107,39 @@ CLASSIFY_BUDGET = [
 ]
 # Multi-step attacks next to FGSM (issue #15): 10-step L-inf PGD from a random start, cross-entropy and margin loss.
 PGD_ATTACKS = ["--pgd_epsilons", "0.01,0.03,0.1", "--pgd_steps", "10", "--pgd_losses", "ce,margin"]
+# From scratch, the paper's regime (issue #30): a tiny ResNet (random init) on scikit-learn's digits (8x8, K = 10;
+# 1,257 train / 360 test, fixed split), 60 epochs of batch 128 (600 steps), FGSM and 10-step PGD on the pixels
+# (intensities in [0, 1]; one grey level of the 17 is 0.0625).
+DIGITS_BUDGET = [
+    "--num_train_epochs", "60", "--per_device_train_batch_size", "128", "--per_device_eval_batch_size", "360",
+    "--logging_steps", "50",
+    "--fgsm_epsilons", "0.03,0.1,0.2", "--pgd_epsilons", "0.03,0.1,0.2", "--pgd_steps", "10", "--pgd_losses", "ce,margin",
+]  # fmt: skip
+# The official COT code's setting: SGD, momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at 50 % and 75 % of
+# training (epochs 100 and 150 of 200 there), the same for the complement optimizer; its complement loss is divided by
+# the number of classes ("paper" normalization: by K - 1).
+DIGITS_SGD = [
+    "--optim", "sgd", "--optim_args", "momentum=0.9", "--learning_rate", "0.1", "--weight_decay", "1e-4",
+    "--lr_milestones", "0.5,0.75", "--complement_normalization", "paper",
+]  # fmt: skip
+# The library's defaults with AdamW (what a user of COTTrainer gets): lr 1e-3, 30 warm-up steps, linear decay,
+# "log" normalization.
+DIGITS_ADAMW = ["--optim", "adamw_torch", "--learning_rate", "1e-3", "--warmup_steps", "30"]
+BBC_SCRATCH_BUDGET = [
+    "--max_train_samples", "800", "--from_scratch", "--num_train_epochs", "2", "--learning_rate", "1e-3",
+    "--warmup_steps", "10",
+]  # fmt: skip
 PLANS = {
     "bbc": (CLASSIFY, MODES, CLASSIFY_BUDGET + ["--max_train_samples", "800"]),
     # The bbc plan's runs (same commands, seeds, budget) with PGD added: the same models, attacked harder.
     "bbc_pgd": (CLASSIFY, MODES, CLASSIFY_BUDGET + ["--max_train_samples", "800"] + PGD_ATTACKS),
     "ablation": (CLASSIFY, ABLATION, CLASSIFY_BUDGET + ["--max_train_samples", "800"]),
+    # From scratch (issue #30): the paper's regime, next to the fine-tuning plans above.
+    "digits_sgd": (IMAGE, MODES, DIGITS_BUDGET + DIGITS_SGD),
+    "digits_adamw": (IMAGE, MODES, DIGITS_BUDGET + DIGITS_ADAMW),
+    # MiniLM's architecture and tokenizer, random weights, on the bbc plan's data (800 articles). The bbc plan's budget
+    # (1 epoch at 2e-4) leaves a random-init model at chance (23.7 %, seed 0), so: BBC_SCRATCH_BUDGET.
+    "bbc_scratch": (CLASSIFY, MODES, CLASSIFY_BUDGET + BBC_SCRATCH_BUDGET),
     "books": (CLASSIFY, MODES, CLASSIFY_BUDGET + ["--text_column_name", "text", "--label_column_name", "label"]),
     # The 66-class task with a budget that trains it (the "books" budget above leaves every variant near chance).
     "books_full": (

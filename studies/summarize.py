@@ -15,6 +15,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import statistics
 import sys
 
@@ -28,6 +29,7 @@ ATTACK_KEYS = [
 ]
 CLASSIFICATION_KEYS = [
     ("predict_accuracy", "accuracy", 100),
+    ("predict_error", "test error (%)", 100),  # the image plans (the paper reports test error)
     ("predict_macro_f1", "macro-F1", 100),
     ("predict_complement_entropy", "test H (nats)", 1),
     ("predict_normalized_complement_entropy", "H / log(K-1)", 1),
@@ -58,6 +60,30 @@ SFT_KEYS = [
     ("train_runtime", "train s", 1),
     ("wall_time_s", "wall s", 1),
 ]
+
+
+# Lower is better: a "win" in the paired tables is a decrease.
+LOWER_IS_BETTER = {"predict_error"}
+_ATTACK_KEY = re.compile(r"^(fgsm|pgd_ce|pgd_margin)_accuracy_eps_(.+)$")
+_ATTACK_LABEL = {"fgsm": "FGSM acc @{}", "pgd_ce": "PGD-CE @{}", "pgd_margin": "PGD-margin @{}"}
+
+
+def with_found_attacks(keys, variants: dict):
+    """``keys`` plus the attack results the runs hold at other epsilons (the image plans attack pixels at 0.03, 0.1,
+    0.2), by attack then epsilon, before the timing columns."""
+    known = {k for k, _, _ in keys}
+    found = {k for runs in variants.values() for r in runs for k in r if _ATTACK_KEY.match(k) and k not in known}
+    order = list(_ATTACK_LABEL)
+
+    def rank(key):
+        kind, eps = _ATTACK_KEY.match(key).groups()
+        return order.index(kind), float(eps)
+
+    extra = [(k, _ATTACK_LABEL[_ATTACK_KEY.match(k).group(1)].format(_ATTACK_KEY.match(k).group(2)), 100)
+             for k in sorted(found, key=rank)]  # fmt: skip
+    timing = [i for i, (k, _, _) in enumerate(keys) if k in ("train_runtime", "wall_time_s")]
+    cut = timing[0] if timing else len(keys)
+    return list(keys[:cut]) + extra + list(keys[cut:])
 
 
 def load_runs(runs_dir: str) -> dict:
@@ -118,6 +144,7 @@ def markdown_table(plan: str, variants: dict, keys) -> tuple[str, dict]:
 PAIRED_KEYS = {
     "classification": [
         ("predict_accuracy", "accuracy", 100),
+        ("predict_error", "test error (points; ahead = lower)", 100),
         ("fgsm_accuracy_eps_0.01", "FGSM @0.01", 100),
         ("fgsm_accuracy_eps_0.03", "FGSM @0.03", 100),
         ("fgsm_accuracy_eps_0.1", "FGSM @0.1", 100),
@@ -146,9 +173,31 @@ def paired_table(variants: dict, keys) -> str:
                 if (seed := r["_dir"].rsplit("seed", 1)[1]) in baseline and key in r and key in baseline[seed]
             ]
             stats = mean_std(diffs)
-            wins = sum(d > 0 for d in diffs)
+            wins = sum(d < 0 if key in LOWER_IS_BETTER else d > 0 for d in diffs)
             cells.append("—" if stats is None else f"{stats[0]:+.2f} ± {stats[1]:.2f} ({wins}/{len(diffs)})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def per_seed_table(variants: dict, key: str, label: str, scale: float = 100) -> str:
+    """One row per seed: CE's value, then each variant's value and its difference to CE on that seed."""
+    if "ce" not in variants or not any(key in r for r in variants["ce"]):
+        return ""
+    by_seed = {
+        name: {r["_dir"].rsplit("seed", 1)[1]: r[key] * scale for r in runs if key in r}
+        for name, runs in variants.items()
+    }
+    others = [n for n in ("alternating", "joint", "guided") if n in by_seed] + sorted(
+        n for n in by_seed if n not in ("ce", "alternating", "joint", "guided")
+    )
+    lines = [f"| seed | CE {label} | " + " | ".join(f"{n} (vs CE)" for n in others) + " |",
+             "|---|---|" + "---|" * len(others)]  # fmt: skip
+    for seed in sorted(by_seed["ce"], key=int):
+        base = by_seed["ce"][seed]
+        cells = [
+            f"{by_seed[n][seed]:.2f} ({by_seed[n][seed] - base:+.2f})" if seed in by_seed[n] else "—" for n in others
+        ]
+        lines.append(f"| {seed} | {base:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -269,11 +318,16 @@ def main(argv=None):
     for plan in sorted(table):
         kind = plan if plan in ("translation", "sft") else "classification"
         keys = {"translation": TRANSLATION_KEYS, "sft": SFT_KEYS}.get(kind, CLASSIFICATION_KEYS)
+        paired_keys = PAIRED_KEYS[kind]
+        if kind == "classification":
+            keys, paired_keys = with_found_attacks(keys, table[plan]), with_found_attacks(paired_keys, table[plan])
         text, summary[plan] = markdown_table(plan, table[plan], keys)
-        paired = paired_table(table[plan], PAIRED_KEYS[kind])
+        paired = paired_table(table[plan], paired_keys)
+        seeds = per_seed_table(table[plan], "predict_error", "test error (%)")
         sections.append(
             f"### {plan}\n\n{text}\n"
             + (f"\nPaired differences (seeds where the variant is ahead):\n\n{paired}\n" if paired else "")
+            + (f"\nTest error per seed (%), difference to CE on the same seed:\n\n{seeds}\n" if seeds else "")
         )
     with open(os.path.join(opts.out, "results.md"), "w") as f:
         f.write("\n".join(sections))

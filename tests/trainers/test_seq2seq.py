@@ -125,8 +125,13 @@ def test_trains_with_sentencepiece_and_generates(sp_tokenizer, parallel_corpus, 
 def test_complement_forward_reuses_the_decoder_inputs(sp_tokenizer, parallel_corpus, out_dir):
     tok = sp_tokenizer
     model = tiny_marian(vocab_size=len(tok))
-    seen = []
-    model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["decoder_input_ids"].clone()), with_kwargs=True)
+    seen = []  # training forwards only (the first batch's check against the model's own loss runs without grad)
+
+    def record(module, args, kwargs):
+        if torch.is_grad_enabled():
+            seen.append(kwargs["decoder_input_ids"].clone())
+
+    model.register_forward_pre_hook(record, with_kwargs=True)
     ds = Dataset.from_list(parallel_corpus[:64]).map(
         lambda b: tok(b["es"], text_target=b["en"], max_length=24, truncation=True),
         batched=True,

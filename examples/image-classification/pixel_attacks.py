@@ -1,0 +1,157 @@
+"""FGSM and multi-step PGD in pixel space, for image classifiers (``pixel_values`` in, logits out).
+
+``hf_cot.robustness`` attacks a text model's word embeddings (``get_input_embeddings()`` / ``inputs_embeds``); an
+image model has no embedding lookup, its input is already continuous. This module applies the same attacks, with the
+same rules, to ``pixel_values``:
+
+* FGSM: ``x + epsilon * sign(grad)``, the gradient of the attack loss taken at ``x``.
+* PGD: from ``x + delta_0`` (``delta_0`` uniform in ``[-epsilon, epsilon]`` with ``random_start``), ``steps`` times
+  ``delta <- clip(delta + step_size * sign(grad at x + delta), -epsilon, epsilon)``; default step size
+  ``2.5 * epsilon / steps`` (Madry et al. 2018).
+* Attack losses (maximized): ``"ce"`` (cross-entropy of the gold class) or ``"margin"`` (``max_{j != y} z_j - z_y``).
+* An example counts as correct only if the model is right on every point the attack visits (the clean input, the
+  random start and every iterate); broken examples are not attacked further. The random start is drawn on the CPU
+  from a generator seeded with ``seed``, one example after the other in dataset order.
+* ``pixel_range=(low, high)``: every point the attack visits is also clipped to the valid pixel range (images whose
+  ``pixel_values`` are intensities in [0, 1], as the example's own preprocessing gives). ``None`` (inputs normalized
+  by an image processor): the L-infinity ball only, epsilon in the normalized units.
+
+The model is put in eval mode (BatchNorm uses its running statistics, so each example's result does not depend on the
+batch) and restored afterwards; gradients are taken with ``torch.autograd.grad`` w.r.t. the pixels only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+ATTACK_LOSSES = ("ce", "margin")
+
+
+@contextmanager
+def _eval_mode(model):
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _logits(model, pixels: torch.Tensor) -> torch.Tensor:
+    out = model(pixel_values=pixels)
+    return out.logits if hasattr(out, "logits") else out[0]
+
+
+def _attack_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
+    """The summed per-example loss the attack maximizes (summed: each example's gradient is its own)."""
+    logits = logits.float()
+    if loss == "ce":
+        return F.cross_entropy(logits, labels, reduction="sum")
+    gold = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    others = logits.masked_fill(F.one_hot(labels, logits.shape[-1]).bool(), float("-inf"))
+    return (others.max(dim=-1).values - gold).sum()
+
+
+def _check(epsilons, loss: str) -> list[float]:
+    eps_list = list(dict.fromkeys(float(e) for e in epsilons))
+    if not eps_list:
+        raise ValueError("epsilons must not be empty")
+    if any(not e >= 0 for e in eps_list):
+        raise ValueError(f"epsilons must be >= 0, got {eps_list}")
+    if loss not in ATTACK_LOSSES:
+        raise ValueError(f"loss must be one of {ATTACK_LOSSES}, got {loss!r}")
+    return eps_list
+
+
+def _batches(model, data, batch_size: int, data_collator, device):
+    from torch.utils.data import DataLoader
+
+    if device is None:
+        device = next(model.parameters()).device
+    loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size, collate_fn=data_collator)
+    for batch in loader:
+        labels = batch["labels"] if "labels" in batch else batch["label"]
+        yield batch["pixel_values"].to(device), torch.as_tensor(labels).to(device).long()
+
+
+def _project(x: torch.Tensor, pixel_range) -> torch.Tensor:
+    return x if pixel_range is None else x.clamp(*pixel_range)
+
+
+def _signed_gradient(model, x, labels, loss):
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        logits = _logits(model, x)
+        (grad,) = torch.autograd.grad(_attack_loss(logits, labels, loss), x)
+    return logits.detach().argmax(-1) != labels, grad.sign()
+
+
+def _wrong(model, x, labels):
+    with torch.no_grad():
+        return _logits(model, x).argmax(-1) != labels
+
+
+def fgsm_pixel_accuracy(model, data, epsilons: Iterable[float], *, loss: str = "ce", batch_size: int = 64,
+                        data_collator=None, pixel_range=None, device=None) -> dict[float, float]:  # fmt: skip
+    """Accuracy under a one-step FGSM attack on ``pixel_values``: ``{epsilon: accuracy}``."""
+    eps_list = _check(epsilons, loss)
+    correct, total = dict.fromkeys(eps_list, 0), 0
+    with _eval_mode(model):
+        for x, labels in _batches(model, data, batch_size, data_collator, device):
+            clean_wrong, direction = _signed_gradient(model, x, labels, loss)
+            for eps in eps_list:
+                broken = clean_wrong
+                if eps > 0:
+                    broken = clean_wrong | _wrong(model, _project(x + eps * direction, pixel_range), labels)
+                correct[eps] += int((~broken).sum())
+            total += labels.numel()
+    if total == 0:
+        raise ValueError("the dataset is empty")
+    return {eps: n / total for eps, n in correct.items()}
+
+
+def pgd_pixel_accuracy(model, data, epsilons: Iterable[float], *, steps: int = 10, step_size: float | None = None,
+                       loss: str = "ce", random_start: bool = True, seed: int = 0, batch_size: int = 64,
+                       data_collator=None, pixel_range=None, device=None) -> dict[float, float]:  # fmt: skip
+    """Accuracy under an L-infinity PGD attack on ``pixel_values``: ``{epsilon: accuracy}`` (see the module doc)."""
+    eps_list = _check(epsilons, loss)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    generator = torch.Generator().manual_seed(seed)
+    correct, total = dict.fromkeys(eps_list, 0), 0
+    with _eval_mode(model):
+        for x, labels in _batches(model, data, batch_size, data_collator, device):
+            clean_wrong = _wrong(model, x, labels)
+            # One draw per example, in order, on the CPU: the same start for any batch size or device.
+            unit = torch.stack([torch.rand(x.shape[1:], generator=generator) * 2 - 1 for _ in range(x.shape[0])])
+            unit = unit.to(x.device) if random_start else torch.zeros_like(x)
+            for eps in eps_list:
+                broken = clean_wrong.clone()
+                if eps > 0:
+                    alpha = 2.5 * eps / steps if step_size is None else float(step_size)
+                    _pgd(model, x, labels, eps * unit.float(), broken, eps, alpha, steps, loss, pixel_range)
+                correct[eps] += int((~broken).sum())
+            total += labels.numel()
+    if total == 0:
+        raise ValueError("the dataset is empty")
+    return {eps: n / total for eps, n in correct.items()}
+
+
+def _pgd(model, x, labels, delta, broken, eps, alpha, steps, loss, pixel_range) -> None:
+    """In place: ``broken`` ends True for every example misclassified at any point visited."""
+    for step in range(steps + 1):
+        rows = (~broken).nonzero().squeeze(-1)
+        if rows.numel() == 0:
+            return
+        point = _project(x[rows] + delta[rows].to(x.dtype), pixel_range)  # (the start may leave the range)
+        if step == steps:
+            broken[rows] |= _wrong(model, point, labels[rows])
+            return
+        wrong, direction = _signed_gradient(model, point, labels[rows], loss)
+        broken[rows] |= wrong
+        new = (delta[rows] + alpha * direction.float()).clamp(-eps, eps)
+        delta[rows] = new if pixel_range is None else (x[rows] + new).clamp(*pixel_range) - x[rows]
