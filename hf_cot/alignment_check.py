@@ -55,12 +55,17 @@ def _mean_ce(pairs) -> torch.Tensor:
     return torch.stack(losses).mean()
 
 
+def _field(outputs, name: str):
+    value = getattr(outputs, name, None)  # a ModelOutput's attribute (also where a subclass set it after the fact)
+    return outputs.get(name) if value is None and isinstance(outputs, dict) else value
+
+
 def _own_loss(model, outputs) -> torch.Tensor | None:
-    loss = outputs.get("loss") if isinstance(outputs, dict) else getattr(outputs, "loss", None)
+    loss = _field(outputs, "loss")
     if loss is None:
         return None
     coef = router_aux_loss_coef(model)
-    aux = outputs.get("aux_loss") if isinstance(outputs, dict) else getattr(outputs, "aux_loss", None)
+    aux = _field(outputs, "aux_loss")
     if coef and aux is not None:  # mixture-of-experts: the model's loss adds its router loss; hf-cot adds it too
         loss = loss - coef * aux.to(loss.device)
     return loss.float().mean()

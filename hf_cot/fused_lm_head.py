@@ -92,7 +92,7 @@ def fused_lm_head_problem(model, *, label_smoothing: float = 0.0, distributed: s
             f"{type(base).__name__}'s output embeddings are {type(head).__name__}, not a plain torch.nn.Linear "
             "(quantized, PEFT-wrapped or missing heads cannot be projected chunk by chunk)"
         )
-    backbone = getattr(base, "base_model", base)
+    backbone = backbone_of(base)
     extra = [
         name
         for name, child in base.named_children()
@@ -108,6 +108,15 @@ def fused_lm_head_problem(model, *, label_smoothing: float = 0.0, distributed: s
     if distributed:  # the engine's reason, e.g. FSDP1's flat parameters
         return distributed
     return None
+
+
+def backbone_of(model):
+    """The module whose ``last_hidden_state`` the head reads: ``model.base_model`` (transformers' base model prefix);
+    for the multimodal LMs of transformers 4.x, whose prefix is empty, their ``model`` (text and vision towers)."""
+    backbone = getattr(model, "base_model", model)
+    if backbone is model and isinstance(getattr(model, "model", None), nn.Module):
+        return model.model
+    return backbone
 
 
 def install_fused_lm_head(model) -> None:
@@ -145,7 +154,7 @@ def _forward(
     if getattr(config, "output_router_logits", False):  # like the model's own forward
         kw.setdefault("output_router_logits", True)
     # Looked up on every call: PEFT injects its layers into the backbone after installation.
-    backbone = self.base_model(*args, **kw)
+    backbone = backbone_of(self)(*args, **kw)
     # pre-shifted labels (context parallelism) are scored as they are; plain labels are shifted by one
     hidden = backbone.last_hidden_state if shift_labels is not None else backbone.last_hidden_state[:, :-1]
     labels = shift_labels if shift_labels is not None else labels[:, 1:]

@@ -140,7 +140,7 @@ REFUSED = {
 
 # Decoders listed for AutoModelForCausalLM whose own loss compares position t with label t (no shift): the decoder
 # halves of encoder-decoders (their labels come pre-shifted), XLNet's permutation LM; read from their forwards
-# (transformers 5.25). tests/trainers/test_heads.py reads every causal-LM class's forward to keep this list honest.
+# (transformers 5.25 and 4.57). tests/trainers/test_heads.py reads every causal-LM class's forward to keep this list honest.
 UNSHIFTED_DECODERS = frozenset(
     {
         "BartForCausalLM",
@@ -148,18 +148,32 @@ UNSHIFTED_DECODERS = frozenset(
         "BlenderbotForCausalLM",
         "BlenderbotSmallForCausalLM",
         "CpmAntForCausalLM",
+        "GPTSanJapaneseForConditionalGeneration",  # transformers 4.x
         "MBartForCausalLM",
         "MarianForCausalLM",
         "MvpForCausalLM",
         "PLBartForCausalLM",
         "PegasusForCausalLM",
+        "Speech2Text2ForCausalLM",  # transformers 4.x
         "TrOCRForCausalLM",
         "WhisperForCausalLM",
         "XLNetLMHeadModel",
     }
 )
-# Language models whose logits carry extra axes (one per audio codebook): refused.
-CODEBOOK_LMS = frozenset({"MusicgenForCausalLM", "MusicgenMelodyForCausalLM"})
+# Language models whose own loss is something else than the cross-entropy of one target per position: refused.
+_CODEBOOKS = "its logits have one axis per audio codebook and its loss averages the codebooks"
+_NGRAM = "its own loss predicts n future tokens per position (n-gram streams) with label smoothing"
+_SMOOTHED = "its own loss applies label smoothing (0.1), which COT's complement objective would double"
+OWN_LOSS_REFUSED = {
+    "MusicgenForCausalLM": _CODEBOOKS,
+    "MusicgenMelodyForCausalLM": _CODEBOOKS,
+    "ProphetNetForCausalLM": _NGRAM,
+    "ProphetNetForConditionalGeneration": _NGRAM,
+    "XLMProphetNetForCausalLM": _NGRAM,
+    "XLMProphetNetForConditionalGeneration": _NGRAM,
+    "BlipForConditionalGeneration": _SMOOTHED,
+    "BlipForQuestionAnswering": _SMOOTHED,
+}
 
 _REGISTERED: dict[str, Head] = {}
 
@@ -244,12 +258,12 @@ def _mappings_of(model_class, config) -> tuple[str, tuple[str, ...]]:
 
 
 def _lm_head(class_name: str, mappings: tuple[str, ...], config) -> Head:
+    if class_name in UNSHIFTED_DECODERS:  # before the config: these decoders share their encoder-decoder's config
+        return UNSHIFTED_LM
     if getattr(config, "is_encoder_decoder", False):
         return SEQ2SEQ_LM
     if MASKED_LM_MAPPING in mappings:
         return MASKED_LM
-    if class_name in UNSHIFTED_DECODERS:
-        return UNSHIFTED_LM
     return CAUSAL_LM
 
 
@@ -259,10 +273,8 @@ def head_for_class(model_class, config=None) -> Head:
     class_name, mappings = _mappings_of(model_class, config)
     if class_name in _REGISTERED:
         return _REGISTERED[class_name]
-    if class_name in CODEBOOK_LMS:
-        raise UnsupportedHeadError(
-            f"{class_name}: its logits have one axis per audio codebook and its loss averages the codebooks"
-        )
+    if class_name in OWN_LOSS_REFUSED:
+        raise UnsupportedHeadError(f"{class_name}: {OWN_LOSS_REFUSED[class_name]}")
     if any(m in LM_MAPPINGS for m in mappings):
         return _lm_head(class_name, mappings, config)
     for mapping_name, head in TASK_MAPPINGS:

@@ -125,9 +125,11 @@ DIGITS_SGD = [
 # The library's defaults with AdamW (what a user of COTTrainer gets): lr 1e-3, 30 warm-up steps, linear decay,
 # "log" normalization.
 DIGITS_ADAMW = ["--optim", "adamw_torch", "--learning_rate", "1e-3", "--warmup_steps", "30"]
+# Probed on seed 0 (CE): the bbc budget stays at chance (23.7 %), so does 2 epochs at 1e-3 (the loss never leaves
+# log 5); at 3e-4, 32 tokens, 200 steps of 16 (4 epochs of the 800 articles) a random-init MiniLM reaches ~74 %.
 BBC_SCRATCH_BUDGET = [
-    "--max_train_samples", "800", "--from_scratch", "--num_train_epochs", "2", "--learning_rate", "1e-3",
-    "--warmup_steps", "10",
+    "--max_train_samples", "800", "--from_scratch", "--max_seq_length", "32", "--num_train_epochs", "4",
+    "--learning_rate", "3e-4", "--warmup_steps", "10",
 ]  # fmt: skip
 PLANS = {
     "bbc": (CLASSIFY, MODES, CLASSIFY_BUDGET + ["--max_train_samples", "800"]),
@@ -137,8 +139,7 @@ PLANS = {
     # From scratch (issue #30): the paper's regime, next to the fine-tuning plans above.
     "digits_sgd": (IMAGE, MODES, DIGITS_BUDGET + DIGITS_SGD),
     "digits_adamw": (IMAGE, MODES, DIGITS_BUDGET + DIGITS_ADAMW),
-    # MiniLM's architecture and tokenizer, random weights, on the bbc plan's data (800 articles). The bbc plan's budget
-    # (1 epoch at 2e-4) leaves a random-init model at chance (23.7 %, seed 0), so: BBC_SCRATCH_BUDGET.
+    # MiniLM's architecture and tokenizer, random weights, on the bbc plan's data (800 articles): BBC_SCRATCH_BUDGET.
     "bbc_scratch": (CLASSIFY, MODES, CLASSIFY_BUDGET + BBC_SCRATCH_BUDGET),
     "books": (CLASSIFY, MODES, CLASSIFY_BUDGET + ["--text_column_name", "text", "--label_column_name", "label"]),
     # The 66-class task with a budget that trains it (the "books" budget above leaves every variant near chance).

@@ -65,25 +65,29 @@ SFT_KEYS = [
 # Lower is better: a "win" in the paired tables is a decrease.
 LOWER_IS_BETTER = {"predict_error"}
 _ATTACK_KEY = re.compile(r"^(fgsm|pgd_ce|pgd_margin)_accuracy_eps_(.+)$")
-_ATTACK_LABEL = {"fgsm": "FGSM acc @{}", "pgd_ce": "PGD-CE @{}", "pgd_margin": "PGD-margin @{}"}
 
 
-def with_found_attacks(keys, variants: dict):
-    """``keys`` plus the attack results the runs hold at other epsilons (the image plans attack pixels at 0.03, 0.1,
-    0.2), by attack then epsilon, before the timing columns."""
-    known = {k for k, _, _ in keys}
-    found = {k for runs in variants.values() for r in runs for k in r if _ATTACK_KEY.match(k) and k not in known}
-    order = list(_ATTACK_LABEL)
+def with_found_attacks(keys, variants: dict, fgsm_label: str = "FGSM acc @{}"):
+    """``keys`` with the attack columns the runs hold at any epsilon (the image plans attack pixels at 0.03, 0.1, 0.2),
+    all of them ordered by attack then epsilon, before the timing columns."""
+    labels = {"fgsm": fgsm_label, "pgd_ce": "PGD-CE @{}", "pgd_margin": "PGD-margin @{}"}
+    attacks = {k: (k, label, scale) for k, label, scale in keys if _ATTACK_KEY.match(k)}
+    for runs in variants.values():
+        for r in runs:
+            for k in r:
+                match = _ATTACK_KEY.match(k)
+                if match and k not in attacks:
+                    attacks[k] = (k, labels[match.group(1)].format(match.group(2)), 100)
+    order = list(labels)
 
     def rank(key):
         kind, eps = _ATTACK_KEY.match(key).groups()
         return order.index(kind), float(eps)
 
-    extra = [(k, _ATTACK_LABEL[_ATTACK_KEY.match(k).group(1)].format(_ATTACK_KEY.match(k).group(2)), 100)
-             for k in sorted(found, key=rank)]  # fmt: skip
-    timing = [i for i, (k, _, _) in enumerate(keys) if k in ("train_runtime", "wall_time_s")]
-    cut = timing[0] if timing else len(keys)
-    return list(keys[:cut]) + extra + list(keys[cut:])
+    rest = [entry for entry in keys if entry[0] not in attacks]
+    timing = [i for i, (k, _, _) in enumerate(rest) if k in ("train_runtime", "wall_time_s")]
+    cut = timing[0] if timing else len(rest)
+    return rest[:cut] + [attacks[k] for k in sorted(attacks, key=rank)] + rest[cut:]
 
 
 def load_runs(runs_dir: str) -> dict:
@@ -320,7 +324,8 @@ def main(argv=None):
         keys = {"translation": TRANSLATION_KEYS, "sft": SFT_KEYS}.get(kind, CLASSIFICATION_KEYS)
         paired_keys = PAIRED_KEYS[kind]
         if kind == "classification":
-            keys, paired_keys = with_found_attacks(keys, table[plan]), with_found_attacks(paired_keys, table[plan])
+            keys = with_found_attacks(keys, table[plan])
+            paired_keys = with_found_attacks(paired_keys, table[plan], fgsm_label="FGSM @{}")
         text, summary[plan] = markdown_table(plan, table[plan], keys)
         paired = paired_table(table[plan], paired_keys)
         seeds = per_seed_table(table[plan], "predict_error", "test error (%)")
