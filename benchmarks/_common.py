@@ -96,7 +96,21 @@ def llama_sft_inputs(m: dict, seq_len: int, rows: int) -> tuple:
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     torch.manual_seed(0)
-    config = LlamaConfig(
+    if m.get("arch", "llama") == "gemma3":
+        model = _gemma3(m, seq_len)
+    else:
+        model = LlamaForCausalLM(_llama_config(LlamaConfig, m, seq_len))
+    words = ["<pad>", "<eos>", "w2", "w3"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(2, m["vocab"], (rows, seq_len), generator=g)
+    return model, tokenizer, Dataset.from_dict({"input_ids": ids.tolist()})
+
+
+def _llama_config(config_class, m: dict, seq_len: int):
+    return config_class(
         vocab_size=m["vocab"],
         hidden_size=m["hidden"],
         intermediate_size=m["intermediate"],
@@ -109,14 +123,20 @@ def llama_sft_inputs(m: dict, seq_len: int, rows: int) -> tuple:
         eos_token_id=1,
         tie_word_embeddings=False,
     )
-    model = LlamaForCausalLM(config)
-    words = ["<pad>", "<eos>", "w2", "w3"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(2, m["vocab"], (rows, seq_len), generator=g)
-    return model, tokenizer, Dataset.from_dict({"input_ids": ids.tolist()})
+
+
+def _gemma3(m: dict, seq_len: int):
+    """Gemma 3 as `AutoModelForCausalLM` hands it out (`Gemma3ForConditionalGeneration`): its text config in ``m``'s
+    shape, logit soft-capping 30 and tied embeddings as the released checkpoints have, a one-layer vision tower."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    text = _llama_config(Gemma3TextConfig, m, seq_len)
+    text.head_dim = m["hidden"] // m["heads"]
+    text.final_logit_softcapping = 30.0
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=32, patch_size=16)  # fmt: skip
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, tie_word_embeddings=True)
+    return Gemma3ForConditionalGeneration(config)
 
 
 def sft_args(trl_plain: bool, cot_fused_lm_head: bool | None, **settings) -> tuple:

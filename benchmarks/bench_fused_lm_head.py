@@ -42,6 +42,7 @@ the cross-entropy).
         --plot benchmarks/fused_lm_head_memory.png                        # both parts (~15 min on 2 CPU cores)
     python benchmarks/bench_fused_lm_head.py --part loss --cells 1024x128000x256 --chunk-sizes 64,128,256,512,1024
     python benchmarks/bench_fused_lm_head.py --part step --rounds 1 --steps 2
+    python benchmarks/bench_fused_lm_head.py --part step --arch gemma3 --vocab 262144 --rounds 1 --steps 2
 """
 
 from __future__ import annotations
@@ -308,7 +309,12 @@ def step_part(opts) -> dict:
 
     variants = [v.strip() for v in opts.step_variants.split(",") if v.strip()]
     model = dict(
-        vocab=opts.vocab, hidden=opts.hidden, layers=opts.layers, heads=opts.heads, intermediate=opts.intermediate
+        arch=opts.arch,
+        vocab=opts.vocab,
+        hidden=opts.hidden,
+        layers=opts.layers,
+        heads=opts.heads,
+        intermediate=opts.intermediate,
     )
     samples = {v: [] for v in variants}
     for r in range(opts.rounds):
@@ -441,6 +447,12 @@ def main(argv=None) -> int:
     step.add_argument("--batch-size", type=int, default=4)
     step.add_argument("--seq-len", type=int, default=256)
     step.add_argument("--vocab", type=int, default=128256)
+    step.add_argument(
+        "--arch",
+        choices=["llama", "gemma3"],
+        default="llama",
+        help="gemma3: Gemma3ForConditionalGeneration (what AutoModelForCausalLM gives for Gemma 3; use --vocab 262144)",
+    )
     step.add_argument("--hidden", type=int, default=256)
     step.add_argument("--layers", type=int, default=2)
     step.add_argument("--heads", type=int, default=4)
