@@ -281,6 +281,14 @@ class ComplementStep:
         # Normalized like the loss (count / num_processes); the trainer's log averages over processes.
         return totals
 
+    def skip(self, step_number: int, reason: str) -> None:
+        """No update at this step (counted in ``skipped_steps``); the schedule advances as after an update."""
+        if self.skipped_steps == 0:
+            logger.warning("Complement step %d skipped: %s (logged as complement_skipped_steps).", step_number, reason)
+        self.follow_primary()
+        self.skipped_steps += 1
+        self._advance_schedule()
+
     @contextlib.contextmanager
     def _own_rng(self, device: torch.device):
         """Run the block on the complement's random stream; the global generators (CPU and ``device``'s) come back

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from dataclasses import dataclass, field
 
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
+from transformers.utils import logging
 
 from .losses import NORMALIZATIONS
 
 COT_MODES = ("alternating", "joint", "guided", "off")
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -180,6 +185,15 @@ class COTArgumentsMixin:
         ):
             raise ValueError(f"--complement_every must be an integer >= 1, got {self.complement_every!r}")
 
+    def _refuse_liger(self) -> None:
+        """transformers' and TRL's `use_liger_kernel` (not axolotl's Liger plugin, whose config keys the axolotl
+        integration checks one by one)."""
+        if getattr(self, "use_liger_kernel", False) and self.cot_mode != "off":
+            raise ValueError(
+                f"use_liger_kernel cannot be combined with cot_mode={self.cot_mode!r}: Liger replaces the model's "
+                "forward and computes its own loss, so COT never sees the logits. Use cot_mode='off' with Liger."
+            )
+
     @property
     def effective_complement_learning_rate(self) -> float:
         return self.learning_rate if self.complement_learning_rate is None else self.complement_learning_rate
@@ -191,6 +205,7 @@ class COTTrainingArguments(COTArgumentsMixin, TrainingArguments):
 
     def __post_init__(self):
         self._validate_cot_fields()
+        self._refuse_liger()
         super().__post_init__()
 
 
@@ -200,4 +215,38 @@ class COTSeq2SeqTrainingArguments(COTArgumentsMixin, Seq2SeqTrainingArguments):
 
     def __post_init__(self):
         self._validate_cot_fields()
+        self._refuse_liger()
         super().__post_init__()
+
+
+def as_cot_arguments(args, cls, default_output_dir: str = "tmp_trainer"):
+    """The arguments a COT trainer runs with, given what its caller passed, as the parent trainers do it.
+
+    ``None``: ``cls(output_dir=default_output_dir)`` (the parent's own default). A plain `TrainingArguments` (or
+    `Seq2SeqTrainingArguments`, TRL's `SFTConfig`...): converted to ``cls`` with every value kept and the COT fields
+    at their defaults, as TRL's `SFTTrainer` converts a `TrainingArguments` to an `SFTConfig` (fields ``cls`` does not
+    have are named in a warning). COT arguments, and anything else (refused by the trainer's check), unchanged.
+    """
+    if args is not None and (isinstance(args, COTArgumentsMixin) or not isinstance(args, TrainingArguments)):
+        return args
+    if args is None:
+        logger.info(f"No arguments passed, using {cls.__name__}(output_dir={default_output_dir!r}).")
+        return cls(output_dir=default_output_dir)
+    values = args.to_dict()
+    values["hub_token"] = args.hub_token  # to_dict hides it
+    values.pop("push_to_hub_token", None)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    dropped = sorted(k for k in values if k not in names)
+    if dropped:
+        warnings.warn(
+            f"{type(args).__name__} converted to {cls.__name__}, which has no {', '.join(dropped)}: those values are "
+            f"dropped. Pass {cls.__name__} directly to keep them.",
+            UserWarning,
+            stacklevel=4,
+        )
+    converted = cls(**{k: v for k, v in values.items() if k in names})
+    logger.warning(
+        f"{type(args).__name__} converted to {cls.__name__}: the COT fields take their defaults "
+        f"(cot_mode={converted.cot_mode!r}). Pass {cls.__name__} to choose them."
+    )
+    return converted

@@ -89,7 +89,8 @@ def fused_lm_head_problem(model, *, label_smoothing: float = 0.0, distributed: s
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     if not is_plain_linear(head):
         return (
-            f"{type(base).__name__}'s output embeddings are {type(head).__name__}, not a plain torch.nn.Linear "
+            f"{type(base).__name__}'s output embeddings are {type(head).__module__}.{type(head).__qualname__}, not a "
+            "plain torch.nn.Linear "
             "(quantized, PEFT-wrapped or missing heads cannot be projected chunk by chunk)"
         )
     backbone = backbone_of(base)

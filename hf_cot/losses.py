@@ -70,10 +70,20 @@ def check_chunk_size(chunk_size) -> None:
         raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
 
 
+def _compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+
+
 def check_label_range(labels: torch.Tensor, num_classes: int, ignore_index: int = -100) -> torch.Tensor:
     """Raise a ValueError naming the first label outside ``[0, K)`` that is not ``ignore_index``; return the valid mask."""
     valid = labels != ignore_index
     bad = valid & ((labels < 0) | (labels >= num_classes))
+    if _compiling():
+        # Under torch.compile a host-side check breaks the graph at every step; an asynchronous device assert keeps
+        # it whole and still fails the step (with the kernel's message, not this one).
+        torch._assert_async(~bad.any(), f"a label is outside [0, {num_classes}) and is not ignore_index")
+        return valid
     if bool(bad.any()):
         raise ValueError(
             f"label {int(labels[bad][0])} is outside [0, {num_classes}) and is not ignore_index={ignore_index}: "

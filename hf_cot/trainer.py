@@ -37,7 +37,7 @@ from transformers.utils import logging
 
 from .alignment_check import AlignmentMismatchError, compare_with_own_loss
 from .complement_step import ComplementStep, check_optim_name_supported, check_optimizer_supported, copy_optimizer
-from .config import COTArgumentsMixin
+from .config import COTArgumentsMixin, COTSeq2SeqTrainingArguments, COTTrainingArguments, as_cot_arguments
 from .fused_lm_head import fused_lm_head_problem, install_fused_lm_head
 from .heads import head_for
 from .losses import check_label_range, per_sample_complement_entropy
@@ -66,6 +66,8 @@ logger = logging.get_logger(__name__)
 # Under FSDP the complement optimizer is accelerate's optimizer number 1 in a checkpoint ("optimizer_1.bin" with a
 # full state dict, the "optimizer_1/" folder with a sharded one); the Trainer's own is number 0.
 COMPLEMENT_OPTIMIZER_INDEX = 1
+# COT fields that shape the trainer at construction (a search trial may not change them).
+STRUCTURAL_FIELDS = ("cot_mode", "cot_fused_lm_head")
 
 
 class _ComplementStepCallback(TrainerCallback):
@@ -100,8 +102,10 @@ class COTMixin:
     _paper = PAPER
 
     _args_class_name = "COTTrainingArguments (or COTSeq2SeqTrainingArguments)"
+    _args_class: type | None = None  # what no `args` / a plain `TrainingArguments` become (the parent's defaults)
 
     def __init__(self, *args, **kwargs):
+        args, kwargs = self._with_cot_arguments(args, kwargs)
         # Checked before the parent's __init__, which already changes the model (device placement, TRL's patches).
         self._check_arguments_class(self._given_arguments(args, kwargs))
         super().__init__(*args, **kwargs)
@@ -126,6 +130,7 @@ class COTMixin:
         self._cot_eval_wants_logits = False
         self._cot_checked_model = None  # the model whose own loss the first batch was compared with
         self._cot_checked_num_classes = False
+        self._cot_num_classes: int | None = None  # K of the logits path (2: the complement is empty)
         if self.cot_mode == "off":
             return
         if self.compute_loss_func is not None:
@@ -159,12 +164,29 @@ class COTMixin:
         """The `args` a Trainer constructor call received (the keyword, or the second positional), None if none."""
         return kwargs.get("args", args[1] if len(args) > 1 else None)
 
+    def _with_cot_arguments(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """``(args, kwargs)`` of the constructor call with no `args` or plain `TrainingArguments` replaced by this
+        trainer's COT arguments class, as the parent builds or converts its own (`hf_cot.config.as_cot_arguments`)."""
+        given = self._given_arguments(args, kwargs)
+        if self._args_class is None or isinstance(given, COTArgumentsMixin):
+            return args, kwargs
+        model = kwargs.get("model", args[0] if args else None)
+        converted = as_cot_arguments(given, self._args_class, self._default_output_dir(model))
+        if len(args) > 1:
+            return (args[0], converted, *args[2:]), kwargs
+        return args, {**kwargs, "args": converted}
+
+    def _default_output_dir(self, model) -> str:
+        return "tmp_trainer"  # transformers.Trainer's
+
     def _check_arguments_class(self, args) -> None:
         if args is not None and not isinstance(args, COTArgumentsMixin):
             raise TypeError(
                 f"{type(self).__name__} needs {self._args_class_name}, got {type(args).__name__}: swap the arguments "
                 "class, the COT fields live there"
             )
+        if args is not None:
+            args._validate_cot_fields()  # again: fields may have been changed since the arguments were built
 
     def _check_alternating_supported(self) -> None:
         """Refuse at construction what the alternating step cannot do, never in the middle of a run."""
@@ -221,6 +243,32 @@ class COTMixin:
             logger.info(f"cot_fused_lm_head: building the logits ({problem})")
         return False
 
+    # ------------------------------------------------------------------ model_init and hyper-parameter search
+
+    def call_model_init(self, trial=None):
+        """A model built by ``model_init`` (for `train()`, or for a search trial) gets what the constructor's got: the
+        head checks and, where the trainer uses it, the fused LM head."""
+        model = super().call_model_init(trial)
+        if getattr(self, "cot_mode", "off") != "off":  # unset while the parent's __init__ builds the first one
+            check_model_head(model, self.cot_mode)
+            if self._cot_fused:
+                install_fused_lm_head(model)
+        return model
+
+    def _hp_search_setup(self, trial) -> None:
+        """A trial's COT fields are followed (they are read from ``self.args`` where used), except the two that shape
+        the trainer at construction: refused, with the way out."""
+        fixed = {name: getattr(self.args, name) for name in STRUCTURAL_FIELDS}
+        super()._hp_search_setup(trial)
+        changed = [name for name, value in fixed.items() if getattr(self.args, name) != value]
+        if changed:
+            raise ValueError(
+                f"a hyper-parameter search trial cannot change {', '.join(changed)}: they shape the trainer when it is "
+                "built (callbacks, the fused LM head). Run one search per value instead; the other COT fields "
+                "(complement_weight, guided_alpha, complement_learning_rate, ...) can be searched."
+            )
+        self.args._validate_cot_fields()
+
     def _fsdp_version(self) -> int | None:
         if not self.is_fsdp_enabled:
             return None
@@ -272,19 +320,27 @@ class COTMixin:
         if not self._cot_checked_num_classes and not head_for(self.model).num_labels_from_config:
             check_num_classes(num_classes, self.cot_mode, stacklevel=5)
         self._cot_checked_num_classes = True
+        self._cot_num_classes = num_classes
 
     def _loss_denominator(self, num_valid: torch.Tensor) -> torch.Tensor:
         """Valid labels the summed loss is divided by, per target (``[targets]``).
 
         In training: all valid labels of the accumulation window on all processes, divided by the number of processes
         (DDP averages gradients over processes), so that GA and DDP give exactly the gradient of the global mean.
-        In evaluation: the batch's own count (the plain Trainer's per-batch mean).
+        In evaluation: the batch's own count (the plain Trainer's per-batch mean). A batch without a valid label has
+        none, and its loss is NaN (0 / 0), as the model's own mean is: the Trainer then leaves it out of ``eval_loss``
+        (``logging_nan_inf_filter``, transformers >= 5) instead of averaging in a 0.
         """
         if self._cot_in_training_step and self._cot_window_count is not None:
             return self._window_denominator()
-        return num_valid.clamp(min=1)
+        return num_valid if not self._cot_in_training_step else num_valid.clamp(min=1)
 
     def _window_denominator(self) -> torch.Tensor:
+        """``average_tokens_across_devices`` (the default): the global count over the processes, so that DDP's mean of
+        the gradients is the gradient of the global token mean. Off: each process's own count (the mean of the
+        processes' means), as the plain Trainer does then."""
+        if not self.args.average_tokens_across_devices:
+            return self._cot_window_count.clamp(min=1)
         return self._cot_window_count.clamp(min=1) / self.accelerator.num_processes
 
     # ------------------------------------------------------------------ training: the loss
@@ -296,7 +352,7 @@ class COTMixin:
                 [count_valid(*batch_labels(self.model, b, self._label_names)) for b in batch_samples]
             ).sum(0)
             count = count.to(self.args.device)
-            if self.accelerator.num_processes > 1:
+            if self.accelerator.num_processes > 1 and self.args.average_tokens_across_devices:
                 count = self.accelerator.gather(count.reshape(1, -1)).sum(0)
             self._cot_window, self._cot_window_count = batch_samples, count
         return batch_samples, num_items_in_batch
@@ -435,6 +491,11 @@ class COTMixin:
     def _complement_update(self) -> None:
         if self._complement is None:
             raise RuntimeError("the complement optimizer was not created; was create_scheduler overridden?")
+        if self._cot_num_classes == 2:
+            # One wrong class: its entropy is 0 and so is the gradient, but an optimizer step would still apply
+            # AdamW's decoupled weight decay (or momentum) a second time.
+            self._complement.skip(self.state.global_step + 1, "the complement of K = 2 classes is empty")
+            return
 
         def sums_fn(inputs) -> ModeSums:
             inputs = self._prepare_inputs(inputs)
@@ -578,14 +639,15 @@ class COTMixin:
     def log(self, logs: dict, *args, **kwargs) -> None:
         if self.cot_mode == "off":
             return super().log(logs, *args, **kwargs)
+        # In place, as the parent's log adds `epoch` to the caller's dict (evaluate() returns that dict).
         if self.cot_mode == "alternating" and "loss" in logs:
-            logs = {**logs, "complement_skipped_steps": self.complement_skipped_steps}
+            logs["complement_skipped_steps"] = self.complement_skipped_steps
         mode = "train" if self.model.training else "eval"
         if self._parent_logs_metrics or (mode == "train" and "loss" not in logs):  # the end-of-training summary line
             return super().log(logs, *args, **kwargs)
         # as TRL's log: the mean of the entries since the last line, prefixed in evaluation
         metrics = {key: sum(values) / len(values) for key, values in self._metrics[mode].items() if values}
-        logs = {**logs, **({f"eval_{k}": v for k, v in metrics.items()} if mode == "eval" else metrics)}
+        logs.update({f"eval_{k}": v for k, v in metrics.items()} if mode == "eval" else metrics)
         super().log(logs, *args, **kwargs)
         self._metrics[mode].clear()
 
@@ -686,8 +748,13 @@ def _already_scaled_sentinel(*args, **kwargs):  # pragma: no cover - only a mark
 
 
 class COTTrainer(COTMixin, Trainer):
-    """`transformers.Trainer` with Complement Objective Training. Needs `COTTrainingArguments`."""
+    """`transformers.Trainer` with Complement Objective Training, configured by `COTTrainingArguments` (no `args`, or
+    a plain `TrainingArguments`, become those with the COT defaults)."""
+
+    _args_class = COTTrainingArguments
 
 
 class COTSeq2SeqTrainer(COTMixin, Seq2SeqTrainer):
-    """`transformers.Seq2SeqTrainer` with Complement Objective Training. Needs `COTSeq2SeqTrainingArguments`."""
+    """`transformers.Seq2SeqTrainer` with Complement Objective Training, configured by `COTSeq2SeqTrainingArguments`."""
+
+    _args_class = COTSeq2SeqTrainingArguments

@@ -11,8 +11,10 @@ What TRL does differently from `Trainer` (read on TRL 1.16.0), and how the COT m
   and divides the summed NLL of the shifted labels by `num_items_in_batch` (the tokens of the whole accumulation
   window on all ranks), times the number of processes. The COT modes use their own fused head in its place
   (`hf_cot.fused_lm_head`, `cot_fused_lm_head`: one chunked pass gives the NLL, the complement entropy and TRL's
-  metrics, never the full logits) and normalize by the same window count: the reported `loss` is the number TRL
-  reports.
+  metrics, never the full logits) and normalize by the window's next-token targets: the reported `loss` is the
+  number TRL reports, except on transformers < 5 (4.57 checked) with data whose first token is labelled, where the
+  Trainer's `num_items_in_batch` also counts position 0 (never a target; fixed in transformers 5) and TRL's loss is
+  the token mean times targets / labels.
 * Metrics: TRL logs `entropy` (of the full softmax), `mean_token_accuracy` and `num_tokens`, computed from its fused
   head. The COT modes compute the same three from theirs (or from the logits where the fused head does not apply),
   next to `complement_loss` / `complement_entropy`.
@@ -20,7 +22,8 @@ What TRL does differently from `Trainer` (read on TRL 1.16.0), and how the COT m
   labels), packing and padding-free batches, PEFT, the model card with TRL's tags - is `SFTTrainer`'s own.
 
 Refused in the COT modes by `COTSFTConfig` itself, with a message: `use_liger_kernel` (Liger replaces the forward and
-its loss) and `loss_type="dft"` (a reweighted NLL; COT's objective is defined on the plain CE).
+its loss; refused by every COT arguments class) and `loss_type="dft"` (a reweighted NLL; COT's objective is defined on
+the plain CE).
 """
 
 from __future__ import annotations
@@ -54,11 +57,6 @@ def _trl_conflict(config) -> str | None:
     """What in an `SFTConfig` cannot be combined with a COT mode (None when nothing)."""
     if config.cot_mode == "off":
         return None
-    if getattr(config, "use_liger_kernel", False):
-        return (
-            f"use_liger_kernel cannot be combined with cot_mode={config.cot_mode!r}: Liger replaces the model's "
-            "forward and computes its own loss, so COT never sees the logits. Use cot_mode='off' with Liger."
-        )
     if getattr(config, "loss_type", "nll") not in PLAIN_NLL:
         return (
             f"loss_type={config.loss_type!r} cannot be combined with cot_mode={config.cot_mode!r}: COT's objective is "
@@ -73,6 +71,7 @@ class COTSFTConfig(COTArgumentsMixin, trl.SFTConfig):
 
     def __post_init__(self):
         self._validate_cot_fields()
+        self._refuse_liger()
         conflict = _trl_conflict(self)  # refused here, before a trainer patches or tags any model
         if conflict:
             raise ValueError(conflict)
@@ -83,18 +82,27 @@ class COTSFTTrainer(COTMixin, trl.SFTTrainer):
     """`trl.SFTTrainer` with Complement Objective Training. Needs `COTSFTConfig`. `cot_mode="off"` is `SFTTrainer`."""
 
     _args_class_name = "COTSFTConfig"
+    _args_class = COTSFTConfig
     _parent_logs_metrics = True  # SFTTrainer.log averages the shared `_metrics` store (ours included)
     # The card's method and citation slots stay SFTTrainer's (it names no paper); the COT paper goes into the card's
     # own COT section. In cot_mode="off" the tags are SFTTrainer's too (`__init__`), so that the card is its card.
     _paper = trl.SFTTrainer._paper
     _tag_names = ["trl", "sft", *TAGS]
 
+    def _default_output_dir(self, model) -> str:
+        """SFTTrainer's default: ``<model name>-SFT``."""
+        name = model if isinstance(model, str) else getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+        return f"{name.rstrip('/').split('/')[-1] or 'model'}-SFT"
+
     def __init__(self, *args, **kwargs):
+        args, kwargs = self._with_cot_arguments(args, kwargs)
         config = self._given_arguments(args, kwargs)
         if getattr(config, "cot_mode", None) == "off":
             self._tag_names = trl.SFTTrainer._tag_names
-        elif isinstance(config, COTArgumentsMixin) and (conflict := _trl_conflict(config)):  # changed after creation
-            raise ValueError(conflict)
+        elif isinstance(config, COTArgumentsMixin):  # checked again: fields may have changed after creation
+            config._refuse_liger()
+            if conflict := _trl_conflict(config):
+                raise ValueError(conflict)
         super().__init__(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

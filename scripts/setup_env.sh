@@ -29,7 +29,7 @@ if ! python -c "import deepspeed" 2>/dev/null; then
   echo "[setup] installing $DEEPSPEED"
   pipq --no-build-isolation "$DEEPSPEED"
 fi
-if ! python -c "import hf_cot, pytest, evaluate, sacrebleu, sklearn, datasets, sentencepiece, peft, hypothesis, bitsandbytes, galore_torch, apollo_torch, lomo_optim, schedulefree, grokadamw, optimi, trl, deepspeed" 2>/dev/null \
+if ! python -c "import hf_cot, pytest, evaluate, sacrebleu, sklearn, datasets, sentencepiece, peft, optuna, hypothesis, bitsandbytes, galore_torch, apollo_torch, lomo_optim, schedulefree, grokadamw, optimi, trl, deepspeed" 2>/dev/null \
    || [ "$(python -m ruff --version 2>/dev/null)" != "ruff $RUFF" ] \
    || { [ -n "$PIN" ] && ! python -c "import transformers,sys; sys.exit(transformers.__version__ != '$HF_COT_TRANSFORMERS')"; }; then
   echo "[setup] installing hf-cot[test,examples] $PIN"

@@ -59,7 +59,7 @@ def tiny_gemma3(seed=0):
 
 def tiny_llava(seed=0):
     """A decoder-only vision-language model (`AutoModelForImageTextToText`): CLIP tower, Llama language model; a
-    16x16 image is 4 patches, so 4 image tokens."""
+    16x16 image is 4 patches plus the CLS feature (vision_feature_select_strategy="full"), so 5 image tokens."""
     torch.manual_seed(seed)
     vision = tf.CLIPVisionConfig(
         hidden_size=16, intermediate_size=20, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8,

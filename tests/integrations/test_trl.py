@@ -195,12 +195,41 @@ def test_what_cannot_work_is_refused_by_the_config(out_dir, kw, match):
         assert _config(out_dir, COTSFTConfig, cot_mode="joint", loss_type="chunked_nll").cot_mode == "joint"
 
 
-def test_the_wrong_arguments_class_is_refused_before_the_model_changes(tokenizer, out_dir):
+def test_no_config_or_a_plain_one_becomes_a_cot_sft_config_as_sft_trainer_does(tokenizer, tmp_path, monkeypatch):
+    """SFTTrainer builds `SFTConfig("<model>-SFT")` when given none and converts a `TrainingArguments`; the COT trainer
+    builds / converts to `COTSFTConfig` the same way (values kept, COT fields at their defaults)."""
+    from transformers import TrainingArguments
+
+    monkeypatch.chdir(tmp_path)  # the default output_dir is relative
+    out_dir = str(tmp_path / "out")
     model = tiny_llama()
-    with pytest.raises(TypeError, match="COTSFTTrainer needs COTSFTConfig, got SFTConfig"):
-        COTSFTTrainer(model=model, args=_config(out_dir, trl.SFTConfig), train_dataset=prompt_completion(),
-                      processing_class=tokenizer)  # fmt: skip
-    assert getattr(model, "model_tags", None) is None  # SFTTrainer.__init__ (which tags the model) never ran
+    model.config._name_or_path = "org/tiny-llama"
+
+    def build(cls, model):
+        try:
+            return cls(model=model, train_dataset=prompt_completion(), processing_class=tokenizer), None
+        except ValueError as err:  # SFTConfig's defaults want bf16, which a CPU without it refuses
+            return None, str(err)
+
+    plain, plain_error = build(trl.SFTTrainer, model)
+    model = tiny_llama()
+    model.config._name_or_path = "org/tiny-llama"
+    cot, cot_error = build(COTSFTTrainer, model)
+    assert cot_error == plain_error
+    if plain is not None:
+        assert type(cot.args) is COTSFTConfig and cot.args.cot_mode == "joint"
+        assert cot.args.output_dir == plain.args.output_dir and plain.args.output_dir.endswith("tiny-llama-SFT")
+
+    given = TrainingArguments(output_dir=out_dir, report_to=[], learning_rate=0.0123, seed=7, use_cpu=True)
+    plain = trl.SFTTrainer(
+        model=tiny_llama(), args=given, train_dataset=prompt_completion(), processing_class=tokenizer
+    )
+    cot = COTSFTTrainer(model=tiny_llama(), args=given, train_dataset=prompt_completion(), processing_class=tokenizer)
+    assert type(cot.args) is COTSFTConfig
+    cot_fields = {"cot_mode", "complement_learning_rate", "complement_weight", "guided_alpha",
+                  "complement_normalization", "complement_every", "cot_fused_lm_head"}  # fmt: skip
+    theirs, ours = plain.args.to_dict(), {k: v for k, v in cot.args.to_dict().items() if k not in cot_fields}
+    assert ours == theirs
 
 
 def test_off_writes_sft_trainers_model_card(tokenizer, out_dir):

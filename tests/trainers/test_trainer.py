@@ -316,11 +316,6 @@ def test_binary_head_warns_and_guided_refuses(out_dir):
         COTTrainer(model=tiny_bert(num_labels=2), args=make_args(out_dir, cot_mode="guided"))
 
 
-def test_plain_training_arguments_are_refused(out_dir):
-    with pytest.raises(TypeError, match="COTTrainingArguments"):
-        COTTrainer(model=tiny_bert(), args=TrainingArguments(output_dir=out_dir, report_to=[]))
-
-
 def test_compute_loss_func_is_refused(out_dir):
     with pytest.raises(ValueError, match="compute_loss_func"):
         COTTrainer(model=tiny_bert(), args=make_args(out_dir), compute_loss_func=lambda *a, **k: 0)
