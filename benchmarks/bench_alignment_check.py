@@ -58,9 +58,9 @@ def main() -> None:
             args = COTTrainingArguments(out, report_to=[], use_cpu=True, cot_mode="joint", disable_tqdm=True)
             trainer = COTTrainer(model=model, args=args)
             trainer.current_gradient_accumulation_steps = 1
-            trainer._cot_checked_model = trainer.model  # time the step alone
-            step = _median_seconds(lambda: trainer.training_step(model, dict(batch)))
-            check = _median_seconds(lambda: compare_with_own_loss(model, dict(batch), None))
+            trainer._cot_first_batch.checked_model = trainer.model  # time the step alone
+            step = _median_seconds(lambda t=trainer, m=model, b=batch: t.training_step(m, dict(b)))
+            check = _median_seconds(lambda m=model, b=batch: compare_with_own_loss(m, dict(b), None))
         print(f"| {name} | {check:.3f} | {step:.3f} | {check / step:.3f} |")
 
 

@@ -133,3 +133,25 @@ def _mismatch_message(model, own: float, ours: float, outputs, labels, shift: bo
         "or use cot_mode='off'. Models whose own loss adds terms of its own (label smoothing, auxiliary losses) "
         "cannot be scored by COT."
     )
+
+
+class FirstBatchCheck:
+    """A trainer's check, once per model (`model_init` builds new ones): every process takes part, so that all refuse
+    together (a process that raised alone would leave the others waiting in the next collective)."""
+
+    def __init__(self):
+        self.checked_model = None
+
+    def check(self, model, inputs: dict, trainer) -> None:
+        unwrapped = trainer.accelerator.unwrap_model(model)
+        if self.checked_model is unwrapped:
+            return
+        problem = compare_with_own_loss(model, inputs, trainer.label_names, trainer.compute_loss_context_manager)
+        failed = torch.tensor([float(problem is not None)], device=trainer.args.device)
+        if trainer.accelerator.num_processes > 1:
+            failed = trainer.accelerator.reduce(failed, reduction="sum")
+        self.checked_model = unwrapped
+        if problem is not None or float(failed) > 0:
+            raise AlignmentMismatchError(
+                problem or "hf-cot's cross-entropy differs from the model's own loss on another process's first batch"
+            )

@@ -8,15 +8,12 @@ micro-batches of one accumulation window, unscale, clip, step, schedule) and its
 It is deliberately *not* `accelerator.prepare`d: a prepared second optimizer would make `clip_grad_norm_` unscale the
 shared fp16 gradients twice, and a prepared scheduler steps once per process.
 
-`check_optimizer_supported` refuses, before training starts, the optimizers for which a second copy over the same
-parameters cannot be right (see its docstring).
+Which optimizers and engines it can run with, and how the optimizer is copied: `hf_cot.complement_optimizer`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import inspect
 import json
 import logging
 import math
@@ -26,138 +23,19 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .complement_optimizer import copy_optimizer, unwrap_optimizer
 from .objective import ModeSums, mode_objective
 
 logger = logging.getLogger(__name__)
 
+# Under FSDP the complement optimizer is accelerate's optimizer number 1 in a checkpoint ("optimizer_1.bin" with a
+# full state dict, the "optimizer_1/" folder with a sharded one); the Trainer's own is number 0.
+COMPLEMENT_OPTIMIZER_INDEX = 1
 OPTIMIZER_NAME = "complement_optimizer.pt"
 SCHEDULER_NAME = "complement_scheduler.pt"
 STATE_NAME = "complement_state.json"
 RNG_STATE_NAME = "complement_rng_state_{}.pth"
 COMPLEMENT_SEED_OFFSET = 1_000_003  # any fixed offset: a stream distinct from the Trainer's own
-
-_USE_JOINT = (
-    "Use cot_mode='joint' (or 'guided'): a single loss, one optimizer, which works with every optimizer the Trainer "
-    "supports; or pick another --optim for 'alternating'."
-)
-
-
-def unwrap_optimizer(optimizer):
-    """The torch optimizer under accelerate's `AcceleratedOptimizer` (how the Trainer holds its optimizer).
-
-    Other wrappers (Lookahead-style) are left as they are, so that `check_optimizer_supported` sees and refuses them.
-    """
-    from accelerate.optimizer import AcceleratedOptimizer
-
-    while isinstance(optimizer, AcceleratedOptimizer):
-        optimizer = optimizer.optimizer
-    return optimizer
-
-
-_REASONS = {
-    "layerwise": "its updates happen inside backward() (per-parameter hooks), so the complement step's backward would "
-    "also apply the primary update",
-    "fused_backward": "it fuses the update into backward(), so the complement step's backward would apply the primary "
-    "update",
-    "mode_switch": "it keeps its own parameter averages and needs optimizer.train()/eval() mode switches "
-    "(schedule-free), and a second copy over the same parameters would overwrite them",
-    "wrapper": "it wraps another optimizer, so it cannot be rebuilt from parameter groups",
-}
-
-
-def _unsupported_kind(cls: type) -> str | None:
-    if cls.__name__ == "LayerWiseDummyOptimizer":  # transformers' stand-in for --optim *_layerwise
-        return "layerwise"
-    if cls.__name__ in ("Lomo", "AdaLomo") or "lomo" in cls.__module__.lower():
-        return "fused_backward"
-    if callable(getattr(cls, "train", None)) and callable(getattr(cls, "eval", None)):
-        return "mode_switch"
-    first = list(inspect.signature(cls.__init__).parameters)[1:2]
-    if first and first[0] in ("optimizer", "base_optimizer", "opt"):
-        return "wrapper"
-    return None
-
-
-def _unsupported_kind_by_name(optim: str) -> str | None:
-    if optim.endswith("_layerwise"):
-        return "layerwise"
-    if optim in ("lomo", "adalomo"):
-        return "fused_backward"
-    if optim.startswith("schedule_free"):
-        return "mode_switch"
-    return None
-
-
-def _refuse(kind: str | None, what: str) -> None:
-    if kind is not None:
-        raise ValueError(f"cot_mode='alternating' cannot run with {what}: {_REASONS[kind]}. {_USE_JOINT}")
-
-
-def check_optimizer_supported(optimizer_or_cls) -> None:
-    """Raise `ValueError` (naming cot_mode='joint') for optimizers that 'alternating' cannot copy correctly.
-
-    * Optimizers that step inside `backward` (transformers' layer-wise GaLore/APOLLO via `LayerWiseDummyOptimizer`,
-      LOMO/AdaLomo): the complement backward would run the *primary* optimizer's per-parameter updates.
-    * Optimizers with a train/eval mode whose parameters are an average kept by the optimizer (schedule-free
-      AdamW/RAdam/SGD): two of them over the same parameters overwrite each other's interpolation, and the Trainer
-      switches only its own optimizer's mode.
-    * Wrappers around another optimizer (Lookahead-style): `type(opt)(param_groups, **defaults)` cannot rebuild them.
-    """
-    cls = optimizer_or_cls if isinstance(optimizer_or_cls, type) else type(unwrap_optimizer(optimizer_or_cls))
-    _refuse(_unsupported_kind(cls), cls.__name__)
-
-
-def check_optim_name_supported(optim) -> None:
-    """The same refusals from a `--optim` value, before the optimizer exists (building it could register hooks)."""
-    name = str(getattr(optim, "value", optim)).lower()  # an OptimizerNames member or its string
-    _refuse(_unsupported_kind_by_name(name), f"--optim {name}")
-
-
-def copy_optimizer(primary: torch.optim.Optimizer, lr_ratio: float) -> torch.optim.Optimizer:
-    """A fresh optimizer of the primary's class over its trainable parameters, group by group, lr scaled."""
-    primary = unwrap_optimizer(primary)
-    check_optimizer_supported(primary)
-    groups = []
-    for group in primary.param_groups:
-        # Same hyper-parameters group by group (weight decay on/off, per-group lr), only trainable params.
-        new_group = {k: v for k, v in group.items() if k not in ("params", "initial_lr")}
-        new_group["params"] = [p for p in group["params"] if p.requires_grad]
-        new_group["lr"] = group.get("initial_lr", group["lr"]) * lr_ratio
-        groups.append(new_group)
-    kwargs = _constructor_kwargs(primary)
-    if "lr" in inspect.signature(type(primary).__init__).parameters and groups:
-        kwargs["lr"] = groups[0]["lr"]  # every group sets its own lr; some constructors still require one (optimi's)
-    try:
-        return type(primary)(groups, **kwargs)
-    except (TypeError, ValueError, AttributeError) as err:
-        raise TypeError(
-            f"cannot build the complement optimizer as a copy of {type(primary).__name__}: {err}. Use a standard "
-            f"torch optimizer (e.g. --optim adamw_torch) for cot_mode='alternating'. {_USE_JOINT}"
-        ) from err
-
-
-_SIMPLE = (bool, int, float, str, tuple, type(None))
-
-
-def _constructor_kwargs(primary: torch.optim.Optimizer) -> dict:
-    """The primary's constructor arguments, so that the copy is configured like it.
-
-    Most live in `defaults`. Some optimizers keep others on the instance: bitsandbytes its `args` (optim_bits,
-    min_8bit_size, percentile_clipping, block_wise, max_unorm: without them an 8-bit optimizer's copy keeps 32-bit
-    state) and `is_paged`; torchao its `block_size`. Only constructor parameters are passed (`defaults` may hold
-    derived entries, e.g. AdamW's decoupled_weight_decay).
-    """
-    kwargs = {}
-    for name, parameter in inspect.signature(type(primary).__init__).parameters.items():
-        if name in ("self", "params", "lr") or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            continue
-        if name in primary.defaults:
-            kwargs[name] = primary.defaults[name]
-        elif name == "args" and hasattr(primary, "args"):  # bitsandbytes keeps its settings object there
-            kwargs[name] = copy.copy(primary.args)
-        elif isinstance(getattr(primary, name, None), _SIMPLE) and hasattr(primary, name):
-            kwargs[name] = getattr(primary, name)
-    return kwargs
 
 
 class ComplementStep:
@@ -348,6 +226,36 @@ class ComplementStep:
 
     # ------------------------------------------------------------------ checkpoint files
 
+    def save_checkpoint(self, output_dir: str, *, accelerator, model, fsdp: bool, should_save: bool) -> None:
+        """Write the complement's part of a Trainer checkpoint. Under FSDP2 the optimizer state is sharded like the
+        parameters: saved the way the Trainer saves the primary's (every rank takes part; the configured
+        state_dict_type decides full file or sharded folder), as accelerate's optimizer number
+        COMPLEMENT_OPTIMIZER_INDEX."""
+        self.follow_primary()
+        if fsdp:
+            from accelerate.utils import save_fsdp_optimizer
+
+            save_fsdp_optimizer(accelerator.state.fsdp_plugin, accelerator, self.optimizer, model, output_dir,
+                                optimizer_index=COMPLEMENT_OPTIMIZER_INDEX)  # fmt: skip
+        if should_save:
+            self.save(output_dir, optimizer_state=not fsdp)
+
+    def load_checkpoint(self, checkpoint: str, *, accelerator, model, fsdp: bool, device) -> None:
+        """Load what `save_checkpoint` wrote (a warning, and a fresh start, where the checkpoint has none)."""
+        if fsdp and not any(os.path.exists(os.path.join(checkpoint, n)) for n in fsdp_optimizer_names()):
+            warnings.warn(
+                f"{checkpoint} has no {' / '.join(fsdp_optimizer_names())} (the complement optimizer under FSDP): the "
+                "complement optimizer and scheduler start fresh, so training will not match an uninterrupted COT run",
+                UserWarning,
+                stacklevel=3,
+            )
+            return
+        if self.load(checkpoint, device, optimizer_state=not fsdp) and fsdp:  # load() follows the primary
+            from accelerate.utils import load_fsdp_optimizer
+
+            load_fsdp_optimizer(accelerator.state.fsdp_plugin, accelerator, self.optimizer, model, checkpoint,
+                                optimizer_index=COMPLEMENT_OPTIMIZER_INDEX)  # fmt: skip
+
     def save(self, output_dir: str, *, optimizer_state: bool = True) -> None:
         """Write the complement files. ``optimizer_state=False``: the caller saves the optimizer itself (FSDP's
         sharded state goes through accelerate, on every rank)."""
@@ -386,3 +294,13 @@ class ComplementStep:
             self.steps = state["complement_steps"]
             self.skipped_steps = state["complement_skipped_steps"]
         return True
+
+
+def fsdp_optimizer_names() -> tuple[str, str]:
+    """What accelerate's `save_fsdp_optimizer` writes for the complement optimizer: a full file or a sharded folder."""
+    from accelerate.utils.constants import OPTIMIZER_NAME as ACCELERATE_OPTIMIZER_NAME
+
+    return (
+        f"{ACCELERATE_OPTIMIZER_NAME}_{COMPLEMENT_OPTIMIZER_INDEX}.bin",
+        f"{ACCELERATE_OPTIMIZER_NAME}_{COMPLEMENT_OPTIMIZER_INDEX}",
+    )

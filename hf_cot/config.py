@@ -250,3 +250,20 @@ def as_cot_arguments(args, cls, default_output_dir: str = "tmp_trainer"):
         f"(cot_mode={converted.cot_mode!r}). Pass {cls.__name__} to choose them."
     )
     return converted
+
+
+def given_arguments(args: tuple, kwargs: dict):
+    """The `args` a Trainer constructor call received (the keyword, or the second positional), None if none."""
+    return kwargs.get("args", args[1] if len(args) > 1 else None)
+
+
+def with_cot_arguments(args: tuple, kwargs: dict, cls, default_output_dir: str) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` of a COT trainer's constructor call with no `args`, or plain `TrainingArguments`, replaced by
+    ``cls`` (`as_cot_arguments`), where the call passed them."""
+    given = given_arguments(args, kwargs)
+    if isinstance(given, COTArgumentsMixin):
+        return args, kwargs
+    converted = as_cot_arguments(given, cls, default_output_dir)
+    if len(args) > 1:
+        return (args[0], converted, *args[2:]), kwargs
+    return args, {**kwargs, "args": converted}

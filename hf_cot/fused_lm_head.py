@@ -34,10 +34,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .linear_losses import linear_complement_terms
 from .modeling import base_model, shifts_labels, text_config
+
+logger = logging.get_logger(__name__)
 
 
 @dataclass
@@ -118,6 +120,31 @@ def backbone_of(model):
     if backbone is model and isinstance(getattr(model, "model", None), nn.Module):
         return model.model
     return backbone
+
+
+def use_fused_lm_head(model, requested: bool | None, label_smoothing: float, fsdp_version: int | None) -> bool:
+    """``cot_fused_lm_head`` resolved for ``model``: installs the fused forward and returns True where it applies;
+    False where it was turned off or does not apply (``requested=True`` then raises, saying why)."""
+    if requested is False:
+        return False
+    distributed = (
+        "FSDP1 keeps the head's weight inside a flat sharded parameter (use FSDP2: `fsdp_version: 2` in the "
+        "accelerate config, or fsdp_config={'version': 2} on transformers 5)"
+        if fsdp_version == 1
+        else None
+    )
+    problem = fused_lm_head_problem(model, label_smoothing=label_smoothing, distributed=distributed)
+    if problem is None:
+        install_fused_lm_head(model)
+        return True
+    if requested:
+        raise ValueError(
+            f"cot_fused_lm_head=True cannot be used: {problem}. Set --cot_fused_lm_head false, or leave it unset "
+            "to build the logits wherever the fused head does not apply."
+        )
+    if shifts_labels(model):
+        logger.info(f"cot_fused_lm_head: building the logits ({problem})")
+    return False
 
 
 def install_fused_lm_head(model) -> None:

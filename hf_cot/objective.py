@@ -17,9 +17,24 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .losses import check_label_range, complement_entropy, complement_normalizer, complement_terms, guided_rows
+from .losses import (
+    check_label_range,
+    complement_entropy,
+    complement_normalizer,
+    complement_terms,
+    guided_rows,
+    per_sample_complement_entropy,
+)
 
-__all__ = ["ModeSums", "combine_targets", "mode_objective", "sums_from_logits", "sums_from_terms"]
+__all__ = [
+    "ModeSums",
+    "checked_range",
+    "combine_targets",
+    "eval_entropy_sums",
+    "mode_objective",
+    "sums_from_logits",
+    "sums_from_terms",
+]
 
 
 @dataclass
@@ -135,3 +150,15 @@ def mode_objective(
         # (bit for bit), and a NaN objective still shows as a NaN loss.
         loss = loss + (ce_sum.detach() / denominator - loss.detach())
     return loss, logs
+
+
+def checked_range(flat_logits, flat_labels):
+    """``(flat_logits, flat_labels)`` once every label that counts is a class of the logits (else a ValueError)."""
+    check_label_range(flat_labels, flat_logits.shape[-1])
+    return flat_logits, flat_labels
+
+
+def eval_entropy_sums(pairs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample, the complement-entropy sum and the valid count over every target ``(logits, labels)``."""
+    per_target = [per_sample_complement_entropy(logits, labels) for logits, labels in pairs]
+    return sum(s for s, _ in per_target), sum(c for _, c in per_target)

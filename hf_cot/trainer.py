@@ -1,23 +1,16 @@
 """`COTTrainer` and `COTSeq2SeqTrainer`: drop-in subclasses of the HF trainers that add Complement Objective Training.
 
-`COTMixin` holds only the Trainer overrides; the pieces live by name next to it:
+`COTMixin` holds only the Trainer overrides, each delegating to its module: `heads` / `modeling` (how a model is
+scored), `alignment_check` (the first batch against the model's own loss), `objective` (every mode's loss),
+`fused_lm_head` (causal LMs without logits), `complement_step` / `complement_optimizer` (the alternating mode's second
+optimizer), `config` (the arguments), `model_card`. Design (docs/how-it-works.md has the long version):
 
-* `hf_cot.losses`: the loss math (tensors in, tensors out);
-* `hf_cot.modeling`: heads, labels, logits alignment (shared with `evaluate_complement_entropy`);
-* `hf_cot.fused_lm_head`: causal LMs' terms from their hidden states, without the logits (`cot_fused_lm_head`);
-* `hf_cot.complement_step`: the alternating mode's second optimizer, its scheduler, its step and checkpoint files;
-* `hf_cot.model_card`: tags, paper, card section.
-
-Design (docs/how-it-works.md has the long version):
-
-* The loss is computed here from the logits (causal LMs: from the fused head's per-token terms), normalized by the
-  number of valid labels in the whole gradient-accumulation window across all processes, which makes GA and DDP
-  exact. Its *value* is always the plain cross-entropy, so `loss`/`eval_loss` mean what they mean in the plain
-  Trainer; its gradient is the mode's objective.
-* `cot_mode="alternating"`: a trainer-bound `on_optimizer_step` callback runs the complement step right after the
-  primary `optimizer.step()`, on the micro-batches of the same window (stashed by `get_batch_samples`).
-* `cot_mode="joint"` / `"guided"`: one loss, one update; works wherever a custom `compute_loss` works.
-* `cot_mode="off"`: every override defers to the parent.
+* The loss is normalized by the valid labels of the whole gradient-accumulation window across all processes (GA and
+  DDP exact). Its *value* is the plain cross-entropy, so `loss`/`eval_loss` mean what they mean in the plain Trainer;
+  its gradient is the mode's objective.
+* `alternating`: an `on_optimizer_step` callback runs the complement step right after the primary
+  `optimizer.step()`, on the micro-batches of the same window (stashed by `get_batch_samples`).
+* `joint` / `guided`: one loss, one update. `off`: every override defers to the parent.
 
 To add COT to another `Trainer` subclass (TRL's, say): ``class X(COTMixin, ThatTrainer)`` with an arguments class
 that mixes in `COTArgumentsMixin`.
@@ -33,14 +26,19 @@ from collections import defaultdict
 
 import torch
 from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
-from transformers.utils import logging
 
-from .alignment_check import AlignmentMismatchError, compare_with_own_loss
-from .complement_step import ComplementStep, check_optim_name_supported, check_optimizer_supported, copy_optimizer
-from .config import COTArgumentsMixin, COTSeq2SeqTrainingArguments, COTTrainingArguments, as_cot_arguments
-from .fused_lm_head import fused_lm_head_problem, install_fused_lm_head
+from .alignment_check import FirstBatchCheck
+from .complement_optimizer import check_alternating_supported
+from .complement_step import ComplementStep
+from .config import (
+    COTArgumentsMixin,
+    COTSeq2SeqTrainingArguments,
+    COTTrainingArguments,
+    given_arguments,
+    with_cot_arguments,
+)
+from .fused_lm_head import install_fused_lm_head, use_fused_lm_head
 from .heads import head_for
-from .losses import check_label_range, per_sample_complement_entropy
 from .model_card import PAPER, TAGS, add_cot_section, merge_tags
 from .modeling import (
     aligned_targets,
@@ -49,50 +47,38 @@ from .modeling import (
     check_num_classes,
     count_valid,
     router_aux_loss_coef,
-    shifts_labels,
     split_labels,
 )
 from .objective import (
     ModeSums,
+    checked_range,
     combine_targets,
     cross_entropy_sum,
+    eval_entropy_sums,
     mode_objective,
     sums_from_logits,
     sums_from_terms,
 )
 
-logger = logging.get_logger(__name__)
-
-# Under FSDP the complement optimizer is accelerate's optimizer number 1 in a checkpoint ("optimizer_1.bin" with a
-# full state dict, the "optimizer_1/" folder with a sharded one); the Trainer's own is number 0.
-COMPLEMENT_OPTIMIZER_INDEX = 1
 # COT fields that shape the trainer at construction (a search trial may not change them).
 STRUCTURAL_FIELDS = ("cot_mode", "cot_fused_lm_head")
 
 
-class _ComplementStepCallback(TrainerCallback):
-    """Runs the alternating complement update after each primary `optimizer.step()` (paper order).
+class _TrainerEvent(TrainerCallback):
+    """Calls a trainer method at one callback event (the method reads the trainer's state, not the callback's)."""
 
-    A callback rather than an override of `training_step`: at `on_optimizer_step` the whole accumulation window is
-    done, `sync_gradients` is True, we are outside `no_sync`, and the scheduler step and `zero_grad` have not run yet.
-    """
+    def __init__(self, event: str, method):
+        self.method = method
+        setattr(self, event, self._call)  # shadows TrainerCallback's no-op for this event only
 
-    def __init__(self, trainer: COTMixin):
-        self.trainer = trainer
-
-    def on_optimizer_step(self, args, state, control, **kwargs):
-        self.trainer._complement_update()
+    def _call(self, args, state, control, **kwargs):
+        self.method()
 
 
-class _StepMetricsCallback(TrainerCallback):
-    """At the end of each optimizer step (before the Trainer logs), turns the step's COT values into one entry per key
-    of the metrics store (`COTMixin._flush_step_metrics`)."""
-
-    def __init__(self, trainer: COTMixin):
-        self.trainer = trainer
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.trainer._flush_step_metrics()
+class _ComplementStepCallback(_TrainerEvent):
+    """Runs the alternating complement update after each primary `optimizer.step()` (paper order). At
+    `on_optimizer_step` the whole accumulation window is done, `sync_gradients` is True, we are outside `no_sync`,
+    and the scheduler step and `zero_grad` have not run yet."""
 
 
 class COTMixin:
@@ -128,8 +114,7 @@ class COTMixin:
         self._cot_eval_counts: list | None = None
         self._cot_fused = False  # causal LMs: terms from the hidden states, never the logits (cot_fused_lm_head)
         self._cot_eval_wants_logits = False
-        self._cot_checked_model = None  # the model whose own loss the first batch was compared with
-        self._cot_checked_num_classes = False
+        self._cot_first_batch = FirstBatchCheck()  # hf-cot's CE against the model's own loss, once per model
         self._cot_num_classes: int | None = None  # K of the logits path (2: the complement is empty)
         if self.cot_mode == "off":
             return
@@ -138,8 +123,14 @@ class COTMixin:
                 f"compute_loss_func cannot be combined with cot_mode={self.cot_mode!r}: COT computes the loss itself "
                 "(cross-entropy plus the complement objective); use cot_mode='off' to keep your own loss"
             )
-        if self.cot_mode == "alternating":
-            self._check_alternating_supported()
+        if self.cot_mode == "alternating":  # refused now, never in the middle of a run
+            check_alternating_supported(
+                deepspeed=self.is_deepspeed_enabled,
+                fsdp_version=self._fsdp_version(),
+                optimizer=self.optimizer,
+                optimizer_cls_and_kwargs=getattr(self, "optimizer_cls_and_kwargs", None),
+                optim=self.args.optim,
+            )
         check_model_head(self.model, self.cot_mode)
         if self.args.label_smoothing_factor > 0:
             warnings.warn(
@@ -149,32 +140,26 @@ class COTMixin:
                 stacklevel=2,
             )
         self._set_loss_is_scaled_for_ga()
-        self._cot_fused = self._resolve_fused_lm_head()
+        self._cot_fused = use_fused_lm_head(
+            self.model, self.args.cot_fused_lm_head, self.args.label_smoothing_factor, self._fsdp_version()
+        )
         if self.cot_mode == "alternating":
             # Added last so that gradient monitors registered before see the CE gradients.
-            self.add_callback(_ComplementStepCallback(self))
-        self.add_callback(_StepMetricsCallback(self))
+            self.add_callback(_ComplementStepCallback("on_optimizer_step", self._complement_update))
+        # At the end of each optimizer step (before the Trainer logs): the step's values into the metrics store.
+        self.add_callback(_TrainerEvent("on_step_end", self._flush_step_metrics))
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
 
     # ------------------------------------------------------------------ checks
 
-    @staticmethod
-    def _given_arguments(args: tuple, kwargs: dict):
-        """The `args` a Trainer constructor call received (the keyword, or the second positional), None if none."""
-        return kwargs.get("args", args[1] if len(args) > 1 else None)
+    _given_arguments = staticmethod(given_arguments)
 
     def _with_cot_arguments(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        """``(args, kwargs)`` of the constructor call with no `args` or plain `TrainingArguments` replaced by this
-        trainer's COT arguments class, as the parent builds or converts its own (`hf_cot.config.as_cot_arguments`)."""
-        given = self._given_arguments(args, kwargs)
-        if self._args_class is None or isinstance(given, COTArgumentsMixin):
+        if self._args_class is None:
             return args, kwargs
         model = kwargs.get("model", args[0] if args else None)
-        converted = as_cot_arguments(given, self._args_class, self._default_output_dir(model))
-        if len(args) > 1:
-            return (args[0], converted, *args[2:]), kwargs
-        return args, {**kwargs, "args": converted}
+        return with_cot_arguments(args, kwargs, self._args_class, self._default_output_dir(model))
 
     def _default_output_dir(self, model) -> str:
         return "tmp_trainer"  # transformers.Trainer's
@@ -187,61 +172,6 @@ class COTMixin:
             )
         if args is not None:
             args._validate_cot_fields()  # again: fields may have been changed since the arguments were built
-
-    def _check_alternating_supported(self) -> None:
-        """Refuse at construction what the alternating step cannot do, never in the middle of a run."""
-        if self.is_deepspeed_enabled:
-            raise NotImplementedError(
-                "cot_mode='alternating' is not supported under DeepSpeed: DeepSpeed owns the optimizer step (it runs "
-                "inside backward and holds the ZeRO gradient partitions), so a second optimizer over the same "
-                "parameters has no gradients to step on. Use cot_mode='joint' or cot_mode='guided', which are a single "
-                "loss and run under every ZeRO stage; or FSDP2 for 'alternating'."
-            )
-        if self._fsdp_version() == 1:
-            raise NotImplementedError(
-                "cot_mode='alternating' is not supported under FSDP1: its flat parameters and optimizer-state "
-                "handling are not covered by the complement step. Use FSDP2 (`fsdp_version: 2` in the accelerate config; "
-                "transformers 5 also reads fsdp_config={'version': 2} and defaults to it), which supports it, or "
-                "cot_mode='joint' / cot_mode='guided', which are a single loss and run anywhere."
-            )
-        if self.optimizer is not None:  # optimizers=(optimizer, scheduler) given to the constructor
-            copy_optimizer(self.optimizer, 1.0)  # the copy the complement step will make: fail now, not at step 1
-        elif getattr(self, "optimizer_cls_and_kwargs", None) is not None:
-            optimizer_cls, optimizer_kwargs = self.optimizer_cls_and_kwargs
-            check_optimizer_supported(optimizer_cls)
-            try:  # a throw-away instance over one scalar, to try the copy before training
-                trial = optimizer_cls([torch.nn.Parameter(torch.zeros(1))], **optimizer_kwargs)
-            except Exception:  # the parent reports its own error when it builds the real one
-                trial = None
-            if trial is not None:
-                copy_optimizer(trial, 1.0)
-        else:  # by name: building the optimizer class here could import packages or register layer-wise hooks
-            check_optim_name_supported(self.args.optim)
-
-    def _resolve_fused_lm_head(self) -> bool:
-        requested = self.args.cot_fused_lm_head
-        if requested is False:
-            return False
-        distributed = (
-            "FSDP1 keeps the head's weight inside a flat sharded parameter (use FSDP2: `fsdp_version: 2` in the "
-            "accelerate config, or fsdp_config={'version': 2} on transformers 5)"
-            if self._fsdp_version() == 1
-            else None
-        )
-        problem = fused_lm_head_problem(
-            self.model, label_smoothing=self.args.label_smoothing_factor, distributed=distributed
-        )
-        if problem is None:
-            install_fused_lm_head(self.model)
-            return True
-        if requested:
-            raise ValueError(
-                f"cot_fused_lm_head=True cannot be used: {problem}. Set --cot_fused_lm_head false, or leave it unset "
-                "to build the logits wherever the fused head does not apply."
-            )
-        if shifts_labels(self.model):
-            logger.info(f"cot_fused_lm_head: building the logits ({problem})")
-        return False
 
     # ------------------------------------------------------------------ model_init and hyper-parameter search
 
@@ -297,29 +227,10 @@ class COTMixin:
         outputs = model(**model_inputs)
         return outputs, aligned_targets(self.model, outputs, labels, shift)
 
-    def _check_alignment(self, model, inputs: dict) -> None:
-        """Once per model, on the first batch: hf-cot's cross-entropy must be the model's own loss
-        (`hf_cot.alignment_check`). Every process takes part, so that all refuse together."""
-        unwrapped = self.accelerator.unwrap_model(model)
-        if self._cot_checked_model is unwrapped:
-            return
-        problem = compare_with_own_loss(model, inputs, self._label_names, self.compute_loss_context_manager)
-        failed = torch.tensor([float(problem is not None)], device=self.args.device)
-        if self.accelerator.num_processes > 1:
-            failed = self.accelerator.reduce(failed, reduction="sum")
-        self._cot_checked_model = unwrapped
-        if problem is not None or float(failed) > 0:
-            raise AlignmentMismatchError(
-                problem
-                or "hf-cot's cross-entropy differs from the model's own loss on "
-                "another process's first batch (its message says how)"
-            )
-
     def _check_num_classes(self, num_classes: int) -> None:
         """K known only from the logits (multiple choice: the choices): the K = 2 warning / refusal, once."""
-        if not self._cot_checked_num_classes and not head_for(self.model).num_labels_from_config:
+        if self._cot_num_classes is None and not head_for(self.model).num_labels_from_config:
             check_num_classes(num_classes, self.cot_mode, stacklevel=5)
-        self._cot_checked_num_classes = True
         self._cot_num_classes = num_classes
 
     def _loss_denominator(self, num_valid: torch.Tensor) -> torch.Tensor:
@@ -378,7 +289,7 @@ class COTMixin:
             return super().compute_loss(
                 model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
             )
-        self._check_alignment(model, inputs)
+        self._cot_first_batch.check(model, inputs, self)
         if self._cot_fused and (self._cot_in_training_step or not self._cot_eval_wants_logits):
             loss, outputs = self._fused_loss(model, inputs)
             loss = self._add_router_loss(loss, outputs)
@@ -408,9 +319,9 @@ class COTMixin:
         self._check_num_classes(pairs[0][0].shape[-1])
         flat = [(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)) for logits, labels in pairs]
         if not self._cot_in_training_step:  # evaluation / prediction: CE, and the complement entropy to report
-            self._cot_eval_batch = _eval_entropy(pairs)
+            self._cot_eval_batch = eval_entropy_sums(pairs)
             ce = [
-                cross_entropy_sum(*check_flat(logits, labels), self.args.label_smoothing_factor) / denominator
+                cross_entropy_sum(*checked_range(logits, labels), self.args.label_smoothing_factor) / denominator
                 for (logits, labels), denominator in zip(flat, denominators, strict=True)
             ]
             return (ce[0] if len(ce) == 1 else torch.stack(ce).mean()), outputs
@@ -582,7 +493,7 @@ class COTMixin:
                 return
             labels, shift = batch_labels(self.model, kwargs, self._label_names)
             pairs = aligned_targets(self.model, output, labels, shift)
-            self._cot_eval_batch = _eval_entropy([(logits.detach(), labels) for logits, labels in pairs])
+            self._cot_eval_batch = eval_entropy_sums([(logits.detach(), labels) for logits, labels in pairs])
 
         handle = self.accelerator.unwrap_model(model).register_forward_hook(hook, with_kwargs=True)
         try:
@@ -655,25 +566,9 @@ class COTMixin:
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
-        if self._complement is None:
-            return
-        self._complement.follow_primary()
-        if self.is_fsdp_enabled:
-            # FSDP2: the optimizer state is sharded like the parameters. Saved the way the Trainer saves the primary's
-            # (every rank takes part; the state_dict_type the user configured decides full file or sharded folder),
-            # as accelerate's optimizer number COMPLEMENT_OPTIMIZER_INDEX.
-            from accelerate.utils import save_fsdp_optimizer
-
-            save_fsdp_optimizer(
-                self.accelerator.state.fsdp_plugin,
-                self.accelerator,
-                self._complement.optimizer,
-                self.model,
-                output_dir,
-                optimizer_index=COMPLEMENT_OPTIMIZER_INDEX,
-            )
-        if self.args.should_save:
-            self._complement.save(output_dir, optimizer_state=not self.is_fsdp_enabled)
+        if self._complement is not None:
+            self._complement.save_checkpoint(output_dir, accelerator=self.accelerator, model=self.model,
+                                             fsdp=self.is_fsdp_enabled, should_save=self.args.should_save)  # fmt: skip
 
     def _save_rng_state(self, output_dir: str) -> None:
         super()._save_rng_state(output_dir)
@@ -691,29 +586,9 @@ class COTMixin:
     def _load_optimizer_and_scheduler(self, checkpoint) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
         # Runs after create_scheduler (transformers: "_load_optimizer_and_scheduler" follows it), so it exists.
-        if checkpoint is None or self._complement is None:
-            return
-        fsdp = self.is_fsdp_enabled
-        if fsdp and not any(os.path.exists(os.path.join(checkpoint, n)) for n in _fsdp_optimizer_names()):
-            warnings.warn(
-                f"{checkpoint} has no {' / '.join(_fsdp_optimizer_names())} (the complement optimizer under FSDP): the "
-                "complement optimizer and scheduler start fresh, so training will not match an uninterrupted COT run",
-                UserWarning,
-                stacklevel=2,
-            )
-            return
-        found = self._complement.load(checkpoint, self.args.device, optimizer_state=not fsdp)  # follows the primary
-        if found and fsdp:
-            from accelerate.utils import load_fsdp_optimizer
-
-            load_fsdp_optimizer(
-                self.accelerator.state.fsdp_plugin,
-                self.accelerator,
-                self._complement.optimizer,
-                self.model,
-                checkpoint,
-                optimizer_index=COMPLEMENT_OPTIMIZER_INDEX,
-            )
+        if checkpoint is not None and self._complement is not None:
+            self._complement.load_checkpoint(checkpoint, accelerator=self.accelerator, model=self.model,
+                                             fsdp=self.is_fsdp_enabled, device=self.args.device)  # fmt: skip
 
     # ------------------------------------------------------------------ model card
 
@@ -723,24 +598,6 @@ class COTMixin:
         super().create_model_card(*args, tags=tags, **kwargs)
         if self.cot_mode != "off" and self.is_world_process_zero():
             add_cot_section(os.path.join(self.args.output_dir, "README.md"), self.cot_mode)
-
-
-def _fsdp_optimizer_names() -> tuple[str, str]:
-    """What accelerate's `save_fsdp_optimizer` writes for the complement optimizer: a full file or a sharded folder."""
-    from accelerate.utils.constants import OPTIMIZER_NAME
-
-    return f"{OPTIMIZER_NAME}_{COMPLEMENT_OPTIMIZER_INDEX}.bin", f"{OPTIMIZER_NAME}_{COMPLEMENT_OPTIMIZER_INDEX}"
-
-
-def _eval_entropy(pairs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample, the complement-entropy sum and the valid count over every target."""
-    per_target = [per_sample_complement_entropy(logits, labels) for logits, labels in pairs]
-    return sum(s for s, _ in per_target), sum(c for _, c in per_target)
-
-
-def check_flat(logits: torch.Tensor, labels: torch.Tensor):
-    check_label_range(labels, logits.shape[-1])
-    return logits, labels
 
 
 def _already_scaled_sentinel(*args, **kwargs):  # pragma: no cover - only a marker for transformers < 5.19

@@ -8,7 +8,8 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from hf_cot.complement_step import ComplementStep, copy_optimizer
+from hf_cot.complement_optimizer import copy_optimizer
+from hf_cot.complement_step import ComplementStep
 from testing_utils import naive_entropy
 
 

@@ -177,7 +177,7 @@ def test_the_guard_leaves_the_random_stream_alone(out_dir):
             train_dataset=_rows(batch),
         )  # fmt: skip
         if not check:
-            trainer._cot_checked_model = trainer.model
+            trainer._cot_first_batch.checked_model = trainer.model
         trainer.train()
         results.append([e["loss"] for e in trainer.state.log_history if "loss" in e])
     assert results[0] == results[1]

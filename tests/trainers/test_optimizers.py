@@ -99,7 +99,7 @@ def test_bitsandbytes_copies_keep_8_bit_paged_state():
     have them too, or the complement optimizer silently holds 32-bit state (4x the memory)."""
     import bitsandbytes as bnb
 
-    from hf_cot.complement_step import copy_optimizer
+    from hf_cot.complement_optimizer import copy_optimizer
 
     # bitsandbytes' global per-parameter overrides (the Trainer registers embeddings as 32-bit) are keyed by id(p):
     # clear them, or a new tensor at a recycled address inherits one.
