@@ -71,26 +71,28 @@ def _own_loss(model, outputs) -> torch.Tensor | None:
     return loss.float().mean()
 
 
-def compare_with_own_loss(model, inputs: dict, label_names, context=None) -> str | None:
+def compare_with_own_loss(model, inputs: dict, label_names, context=None, unwrapped=None) -> str | None:
     """Run both forwards on one row of ``inputs`` and compare; returns the mismatch message, None when they agree.
 
     Returns None (and logs why) where nothing can be compared: the model returns no loss, or no label counts.
-    ``context``: a context manager factory for the forwards (the trainer's autocast).
+    ``context``: a context manager factory for the forwards (the trainer's autocast). ``model`` runs the forwards (an
+    engine's wrapper, DDP's say); ``unwrapped`` (default: ``model``) is the transformers model the head is read from.
     """
     import contextlib
 
     context = context or contextlib.nullcontext
+    forward, model = model, (model if unwrapped is None else unwrapped)
     labels, _ = batch_labels(model, inputs, label_names)
     if not any(bool((t != -100).any()) for t in labels):
         return None
     sliced = _row_slice(inputs, labels)
     device = next((v.device for v in sliced.values() if torch.is_tensor(v)), torch.device("cpu"))
     devices = [device] if device.type == "cuda" else []
-    was_training = model.training
-    model.eval()
+    was_training = forward.training
+    forward.eval()
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=devices), context():
-            own = _own_loss(model, model(**sliced))
+            own = _own_loss(model, forward(**sliced))
             if own is None:
                 logger.warning(
                     "%s returns no loss when given labels: hf-cot cannot check its cross-entropy against the model's "
@@ -100,11 +102,11 @@ def compare_with_own_loss(model, inputs: dict, label_names, context=None) -> str
                 )
                 return None
             target_labels, model_inputs, shift = split_labels(model, sliced, label_names)
-            outputs = model(**model_inputs)
+            outputs = forward(**model_inputs)
             pairs = aligned_targets(model, outputs, target_labels, shift)
             ours = _mean_ce(pairs)
     finally:
-        model.train(was_training)
+        forward.train(was_training)
     dtype = pairs[0][0].dtype
     rtol = RTOL.get(dtype, RTOL_HALF)
     if abs(float(ours) - float(own)) <= rtol * max(1.0, abs(float(own))):
@@ -146,7 +148,9 @@ class FirstBatchCheck:
         unwrapped = trainer.accelerator.unwrap_model(model)
         if self.checked_model is unwrapped:
             return
-        problem = compare_with_own_loss(model, inputs, trainer.label_names, trainer.compute_loss_context_manager)
+        problem = compare_with_own_loss(
+            model, inputs, trainer.label_names, trainer.compute_loss_context_manager, unwrapped=trainer.model
+        )
         failed = torch.tensor([float(problem is not None)], device=trainer.args.device)
         if trainer.accelerator.num_processes > 1:
             failed = trainer.accelerator.reduce(failed, reduction="sum")

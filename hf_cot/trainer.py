@@ -89,6 +89,10 @@ class COTMixin:
 
     _args_class_name = "COTTrainingArguments (or COTSeq2SeqTrainingArguments)"
     _args_class: type | None = None  # what no `args` / a plain `TrainingArguments` become (the parent's defaults)
+    # A training micro-batch's loss is normalized by the valid labels of the whole accumulation window on all
+    # processes (the Trainer's num_items_in_batch, TRL's); False: by its own, divided by the window's micro-batches
+    # (a host whose loss is the mean of micro-batch means: axolotl).
+    _cot_window_mean = True
 
     def __init__(self, *args, **kwargs):
         args, kwargs = self._with_cot_arguments(args, kwargs)
@@ -243,6 +247,8 @@ class COTMixin:
         (``logging_nan_inf_filter``, transformers >= 5) instead of averaging in a 0.
         """
         if self._cot_in_training_step and self._cot_window_count is not None:
+            if not self._cot_window_mean:  # the host's mean of micro-batch means
+                return num_valid.clamp(min=1) * len(self._cot_window)
             return self._window_denominator()
         return num_valid if not self._cot_in_training_step else num_valid.clamp(min=1)
 

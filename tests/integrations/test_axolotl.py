@@ -143,6 +143,11 @@ def runs(root) -> dict[str, Run]:
         # unquoted: YAML reads it as false, which the plugin takes as "off"
         "off": _write_config(root, "off", "cot_mode: off\n", **plugin),
         "joint_w0": _write_config(root, "joint_w0", cot_mode="joint", complement_weight=0.0, **plugin),
+        # gradient accumulation 2 over rows of different lengths: axolotl's mean of micro-batch means
+        "plain_ga2": _write_config(root, "plain_ga2", gradient_accumulation_steps=2),
+        "joint_w0_ga2": _write_config(
+            root, "joint_w0_ga2", cot_mode="joint", complement_weight=0.0, gradient_accumulation_steps=2, **plugin
+        ),
         "joint": _write_config(root, "joint", cot_mode="joint", **plugin),
         "guided": _write_config(root, "guided", cot_mode="guided", **plugin),
         # axolotl's own scheduler (cosine with a floor), built without the Trainer's create_scheduler; GA 2; a
@@ -193,6 +198,15 @@ def test_joint_with_zero_weight_equals_plain_axolotl(runs):
     for ours, theirs in zip(joint.train_logs, plain.train_logs, strict=True):
         assert ours["loss"] == pytest.approx(theirs["loss"], abs=1e-4)
     assert joint.eval_log["eval_loss"] == pytest.approx(plain.eval_log["eval_loss"], abs=1e-5)
+
+
+def test_joint_with_zero_weight_follows_axolotls_normalization_under_accumulation(runs):
+    """Gradient accumulation 2, micro-batches of different token counts: axolotl averages the micro-batches' means
+    (before: COT took the window's token mean, and the weights ended 0.044 apart after 4 steps)."""
+    plain, joint = runs["plain_ga2"], runs["joint_w0_ga2"]
+    assert joint.max_diff(plain) < 1e-5
+    for ours, theirs in zip(joint.train_logs, plain.train_logs, strict=True):
+        assert ours["loss"] == pytest.approx(theirs["loss"], abs=1e-4)
 
 
 @pytest.mark.parametrize("mode", ["joint", "guided", "alternating"])

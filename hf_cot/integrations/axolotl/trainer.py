@@ -16,6 +16,10 @@ class AxolotlCOTTrainer(AxolotlTrainer, COTTrainer):
     and the model card stay axolotl's. Two axolotl methods do not call their parent, and are completed here.
     """
 
+    # axolotl turns `model_accepts_loss_kwargs` off, so its loss at gradient accumulation > 1 is the mean of the
+    # micro-batches' means: COT follows it (`COTMixin._cot_window_mean`), so that `joint` at weight 0 is plain axolotl.
+    _cot_window_mean = False
+
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         # axolotl's own schedules (cosine_min_lr_ratio, rex, one_cycle, a plugin's) are built without calling the
         # parent's create_scheduler, so COTMixin's never runs to build the alternating complement step: build it here.
