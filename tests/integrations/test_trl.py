@@ -36,11 +36,12 @@ def _config(out_dir, cls, **kw):
     return cls(**base)
 
 
-def _pair(out_dir, tokenizer, mode, data=None, **kw):
+def _pair(out_dir, tokenizer, mode, data=None, make_model=tiny_llama, **kw):
+    """``(SFTTrainer, COTSFTTrainer)`` over two fresh copies of one model and the same data (also the VLM tests')."""
     data = data if data is not None else prompt_completion()
-    plain = trl.SFTTrainer(model=tiny_llama(), args=_config(out_dir + "/sft", trl.SFTConfig, **kw),
+    plain = trl.SFTTrainer(model=make_model(), args=_config(out_dir + "/sft", trl.SFTConfig, **kw),
                            train_dataset=data, processing_class=tokenizer)  # fmt: skip
-    cot = COTSFTTrainer(model=tiny_llama(), args=_config(out_dir + "/cot", COTSFTConfig, cot_mode=mode, **kw),
+    cot = COTSFTTrainer(model=make_model(), args=_config(out_dir + "/cot", COTSFTConfig, cot_mode=mode, **kw),
                         train_dataset=data, processing_class=tokenizer)  # fmt: skip
     return plain, cot
 

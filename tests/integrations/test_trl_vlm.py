@@ -18,13 +18,13 @@ from testing_utils import VOCAB, naive_entropy
 trl = pytest.importorskip("trl")
 pytest.importorskip("PIL")
 
+import test_trl  # noqa: E402
 import transformers  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from hf_cot.trl import COTSFTConfig, COTSFTTrainer  # noqa: E402
 
-METRICS = ["loss", "entropy", "mean_token_accuracy", "num_tokens"]
 IMAGE_SIZE, PATCH = 16, 8  # tiny_llava's CLIP tower
 USER, ASSISTANT = VOCAB - 3, VOCAB - 2  # role tokens; the image placeholder is VOCAB - 1 (IMAGE_TOKEN)
 # TRL 1.16 refuses assistant_only_loss on vision data before transformers 5.18 (its assistant masks were computed
@@ -92,26 +92,17 @@ def processor():
 
 
 def _config(out_dir, cls, **kw):
-    base = dict(
-        output_dir=out_dir, report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no", seed=2, data_seed=2,
-        per_device_train_batch_size=4, max_steps=3, logging_steps=1, max_length=None, bf16=False,
-        gradient_checkpointing=False, dataset_num_proc=None,
-    )  # fmt: skip
-    base.update(kw)
-    return cls(**base)
+    return test_trl._config(out_dir, cls, **{"max_length": None, **kw})  # no truncation: it would cut image tokens
 
 
 def _pair(out_dir, processor, mode, data=None, **kw):
-    data = data if data is not None else vlm_data()
-    plain = trl.SFTTrainer(model=tiny_llava(), args=_config(out_dir + "/sft", trl.SFTConfig, **kw),
-                           train_dataset=data, processing_class=processor)  # fmt: skip
-    cot = COTSFTTrainer(model=tiny_llava(), args=_config(out_dir + "/cot", COTSFTConfig, cot_mode=mode, **kw),
-                        train_dataset=data, processing_class=processor)  # fmt: skip
-    return plain, cot
+    return test_trl._pair(
+        out_dir, processor, mode, vlm_data() if data is None else data, tiny_llava, max_length=None, **kw
+    )
 
 
 def _lines(trainer):
-    return [{k: h[k] for k in METRICS if k in h} for h in trainer.state.log_history if "loss" in h]
+    return [{k: h[k] for k in test_trl.METRICS if k in h} for h in trainer.state.log_history if "loss" in h]
 
 
 def _assert_reports_what_sft_trainer_reports(cot, plain, steps=3, scales=None, rel=1e-5):
@@ -119,9 +110,9 @@ def _assert_reports_what_sft_trainer_reports(cot, plain, steps=3, scales=None, r
     got, want = _lines(cot), _lines(plain)
     assert len(got) == len(want) == steps
     for g, w, scale in zip(got, want, scales or [1.0] * steps, strict=True):
-        assert g.keys() == w.keys() == set(METRICS)
+        assert g.keys() == w.keys() == set(test_trl.METRICS)
         assert g["loss"] == pytest.approx(w["loss"] * scale, rel=rel), (g, w, scale)
-        for key in METRICS[1:]:
+        for key in test_trl.METRICS[1:]:
             assert g[key] == pytest.approx(w[key], abs=1e-5), (key, g, w)
 
 
