@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${HF_COT_AXOLOTL_VENV:-.venv-axolotl}
 AXOLOTL=${HF_COT_AXOLOTL:-0.19.0}  # the version the plugin is written against (README "axolotl")
-TRL_OLDEST=$(sed -n 's/.*"trl>=\([0-9.]*\)".*/\1/p' pyproject.toml)
+TRL_OLDEST=$(sed -n 's/.*"trl>=\([0-9.]*\)[,"].*/\1/p' pyproject.toml)
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 pipq() { python -m pip install -q "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
 [ -x "$VENV/bin/python" ] || { echo "[axolotl] creating $VENV"; "${PYTHON:-python3}" -m venv "$VENV"; }
