@@ -152,12 +152,12 @@ def load_digits_splits(split_seed: int = 0) -> datasets.DatasetDict:
 
 def load_raw_datasets(model_args, data_args) -> datasets.DatasetDict:
     if data_args.dataset_name is not None:
+        # (no trust_remote_code: datasets >= 4 runs no dataset scripts; the flag is for the model's code)
         raw = load_dataset(
             data_args.dataset_name,
             data_args.dataset_config_name,
             cache_dir=model_args.cache_dir,
             token=model_args.token,
-            trust_remote_code=model_args.trust_remote_code,
         )
     elif data_args.train_dir is not None:
         files = {"train": os.path.join(data_args.train_dir, "**")}

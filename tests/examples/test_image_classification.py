@@ -230,3 +230,21 @@ def test_bbc_scratch_plan_runs(tiny_bert_dir, tmp_path):  # noqa: F811
         result = json.loads((run / "all_results.json").read_text())
         assert result["predict_samples"] == 16 and "fgsm_accuracy_eps_0.01" in result
         assert "base_model" not in (run / "README.md").read_text().split("---")[1]  # not fine-tuned from anything
+
+
+def test_image_folders_train_like_upstream(image, tmp_path):
+    """`--train_dir` (an imagefolder, as upstream): PIL images, RGB, resized, a validation split held out of train."""
+    pil = pytest.importorskip("PIL.Image")
+    digits = image.load_digits_splits(0)["train"].select(range(60))
+    for i, row in enumerate(digits):
+        folder = tmp_path / "images" / str(row["label"] % 3)
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = (torch.tensor(row["image"]) * 255).to(torch.uint8).numpy()
+        pil.fromarray(pixels, mode="L").save(folder / f"{i}.png")
+    out = tmp_path / "out"
+    argv = ["--output_dir", str(out), "--train_dir", str(tmp_path / "images"), "--image_size", "16", "--do_eval",
+            "--max_steps", "2", "--train_val_split", "0.2", "--fgsm_epsilons", "0.1", *TINY]  # fmt: skip
+    results = image.main(argv)
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_channels"] == 3 and len(config["id2label"]) == 3
+    assert results["eval_samples"] == 12 and 0 <= results["fgsm_accuracy_eps_0.1"] <= results["eval_accuracy"]
