@@ -30,7 +30,7 @@ machine without GPUs a ``torchrun`` of a Trainer with ``fsdp=True`` refuses or t
 therefore calls ``patch_accelerate_for_cpu_engines()`` from ``tests/scripts/cpu_engines.py`` before the config is
 built: it makes accelerate report the rank as MULTI_GPU on the gloo backend with the CPU as its device, which is enough
 for FSDP2's ``fully_shard`` to shard for real. That patch exists only so that FSDP2 can be exercised on CPU (tests and
-this benchmark); never use it for real training (see /work/shared/notes/engines_on_cpu.md). The numbers are therefore
+this benchmark); never use it for real training (see docs/testing.md, "The engines on CPU"). The numbers are therefore
 CPU + gloo numbers: they say how the per-rank memory of the three losses compare under real FSDP2 sharding, not what a
 GPU run with NCCL would allocate.
 

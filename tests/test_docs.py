@@ -396,3 +396,56 @@ def test_script_flags_are_accepted():
         "studies/run_study.py",
     }
     assert unknown_flags(flags) == {}
+
+
+# --- claims that must agree with the code ----------------------------------------------------------------------------
+
+
+def _declared() -> dict[str, str]:
+    """{package: its requirement} for the dependencies and the `trl` extra of pyproject.toml."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    requirements = project["dependencies"] + project["optional-dependencies"]["trl"]
+    return {re.match(r"[A-Za-z0-9_.-]+", r).group(0): r for r in requirements}
+
+
+def test_readme_states_the_declared_bounds():
+    """The README's "Supported:" line and docs/compatibility.md's table show the bounds pyproject.toml declares."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    supported = readme[readme.index("Supported:") :].split("\n\n")[0]
+    table = (ROOT / "docs" / "compatibility.md").read_text(encoding="utf-8").split("## Supported versions")[1]
+    for name, requirement in _declared().items():
+        bounds = requirement[len(name) :].replace(" ", "")
+        assert f"`{requirement}`" in supported or f"`{bounds}`" in supported, (name, requirement)
+        assert f"`{bounds}`" in table, (name, requirement)
+
+
+def test_the_demo_environment_is_the_readme_install():
+    """`bash scripts/demo.sh` sets up what the README's install line installs (the `examples` extra), not the tests'."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    setup = (ROOT / "scripts" / "setup_env.sh").read_text(encoding="utf-8")
+    assert 'pip install -e ".[examples]"' in readme
+    assert "bash scripts/setup_env.sh demo" in (ROOT / "scripts" / "demo.sh").read_text(encoding="utf-8")
+    start = setup.index('if [ "$PROFILE" = demo ]')
+    demo = setup[start : setup.index("\nelse\n", start)]
+    assert '-e ".[examples]"' in demo and "test" not in demo
+
+
+def test_no_pointers_outside_the_repository():
+    """Docs, docstrings and comments point to the project's own docs, never to a folder on someone's machine."""
+    pattern = re.compile(r"(?<![\w.])/(?:work|home|Users|mnt)/[\w.-]+")
+    files = DOCUMENTS + sorted(
+        p
+        for folder in ("hf_cot", "examples", "benchmarks", "scripts", "studies", "tests")
+        for p in (ROOT / folder).rglob("*")
+        if p.suffix in {".py", ".sh", ".md", ".yml", ".yaml"} and "runs" not in p.relative_to(ROOT).parts[:2]
+    )
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {match.group(0)}"
+        for path in files
+        if path != Path(__file__).resolve()
+        for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+        for match in pattern.finditer(line)
+    ]
+    assert found == []

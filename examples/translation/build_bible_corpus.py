@@ -2,7 +2,7 @@
 
 Why a Bible: no sentence-level parallel corpus (Europarl, Tatoeba, IWSLT, ...) is installable offline from PyPI or
 Debian, but two public-domain Bibles are, as SWORD modules, and verses are short, sentence-like units that share a
-key across languages (see ``/work/shared/notes/offline_assets.md`` section 4).
+key across languages (see ``docs/offline-assets.md``, "The translation data").
 
 Requirements (this script installs nothing itself)::
 

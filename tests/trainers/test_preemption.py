@@ -79,8 +79,22 @@ def _load(path: Path) -> dict:
     return torch.load(path, weights_only=True)
 
 
+def _plain_resume_is_exact(config: str) -> bool:
+    """transformers 4.x with accelerate < 1.15 does not resume exactly at gradient accumulation 2 mid-epoch, for the
+    plain Trainer either (cot_mode="off", measured with transformers 4.57.1 + accelerate 1.14: 1.9e-2 from the
+    uninterrupted run; COT alternating 2.6e-2): nothing COT could restore."""
+    import accelerate
+    import transformers
+    from packaging.version import Version
+
+    old = Version(transformers.__version__) < Version("5") and Version(accelerate.__version__) < Version("1.15")
+    return not (old and CONFIGS[config]["ga"] > 1)
+
+
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_sigkill_then_resume_is_bit_identical(runs, config):
+    if not _plain_resume_is_exact(config):
+        pytest.skip("the plain Trainer's own resume is not exact here (transformers < 5 with accelerate < 1.15, GA 2)")
     root, killed, _ = runs
     c = CONFIGS[config]
     code, out, checkpoints = killed[config]
