@@ -41,7 +41,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ATTACK_LOSSES", "fgsm_embedding_accuracy", "format_fgsm_results", "pgd_embedding_accuracy"]
+__all__ = [
+    "ATTACK_LOSSES",
+    "attack_loss",
+    "check_attack_arguments",
+    "eval_mode",
+    "fgsm_embedding_accuracy",
+    "format_fgsm_results",
+    "pgd_embedding_accuracy",
+]
 
 # Batch keys the attack uses; anything else in a dataset row (text, ids, ...) is dropped before collation.
 _MODEL_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels", "label", "label_ids")
@@ -112,7 +120,7 @@ class _Batch:
             embeds = embeds.detach().requires_grad_(True)
             logits = self.logits(model, embeds, rows)
             # Summed, so each example's gradient is its own loss's gradient whatever the batch size.
-            (grad,) = torch.autograd.grad(_attack_loss(logits.float(), labels, loss), embeds)
+            (grad,) = torch.autograd.grad(attack_loss(logits.float(), labels, loss), embeds)
         mask = self._take(self.attention_mask, rows).unsqueeze(-1)
         return logits.detach().argmax(dim=-1) != labels, grad.sign().float() * mask.float()
 
@@ -121,7 +129,7 @@ class _Batch:
         return tensor if rows is None else tensor[rows]
 
 
-def _attack_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
+def attack_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
     """The summed per-example loss the attack maximizes."""
     if loss == "ce":
         return F.cross_entropy(logits, labels, reduction="sum")
@@ -130,7 +138,7 @@ def _attack_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str) -> torch
     return (others.max(dim=-1).values - gold).sum()
 
 
-def _check(epsilons, loss: str) -> list[float]:
+def check_attack_arguments(epsilons, loss: str) -> list[float]:
     eps_list = list(dict.fromkeys(float(e) for e in epsilons))  # ordered, without duplicates
     if not eps_list:
         raise ValueError("epsilons must not be empty")
@@ -142,7 +150,7 @@ def _check(epsilons, loss: str) -> list[float]:
 
 
 @contextmanager
-def _eval_mode(model):
+def eval_mode(model):
     was_training = model.training
     model.eval()
     try:
@@ -205,9 +213,9 @@ def fgsm_embedding_accuracy(
     Returns:
         ``{epsilon: accuracy}`` in the order the epsilons were given.
     """
-    eps_list = _check(epsilons, loss)
+    eps_list = check_attack_arguments(epsilons, loss)
     correct, total = dict.fromkeys(eps_list, 0), 0
-    with _eval_mode(model):
+    with eval_mode(model):
         for batch in _batches(model, dataset_or_dataloader, batch_size, data_collator, device):
             clean_wrong, direction = batch.signed_gradient(model, batch.embeds, loss)
             for eps in eps_list:
@@ -251,14 +259,14 @@ def pgd_embedding_accuracy(
     Returns:
         ``{epsilon: accuracy}`` in the order the epsilons were given.
     """
-    eps_list = _check(epsilons, loss)
+    eps_list = check_attack_arguments(epsilons, loss)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if step_size is not None and not step_size > 0:
         raise ValueError(f"step_size must be > 0, got {step_size}")
     generator = torch.Generator().manual_seed(seed)
     correct, total = dict.fromkeys(eps_list, 0), 0
-    with _eval_mode(model):
+    with eval_mode(model):
         for batch in _batches(model, dataset_or_dataloader, batch_size, data_collator, device):
             clean_wrong = batch.wrong(model, batch.embeds)
             unit_start = _uniform_start(batch, generator) if random_start else None

@@ -23,48 +23,17 @@ batch) and restored afterwards; gradients are taken with ``torch.autograd.grad``
 from __future__ import annotations
 
 from collections.abc import Iterable
-from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 
-ATTACK_LOSSES = ("ce", "margin")
+from hf_cot.robustness import ATTACK_LOSSES, attack_loss, check_attack_arguments, eval_mode
 
-
-@contextmanager
-def _eval_mode(model):
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
+__all__ = ["ATTACK_LOSSES", "fgsm_pixel_accuracy", "pgd_pixel_accuracy"]
 
 
 def _logits(model, pixels: torch.Tensor) -> torch.Tensor:
     out = model(pixel_values=pixels)
     return out.logits if hasattr(out, "logits") else out[0]
-
-
-def _attack_loss(logits: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
-    """The summed per-example loss the attack maximizes (summed: each example's gradient is its own)."""
-    logits = logits.float()
-    if loss == "ce":
-        return F.cross_entropy(logits, labels, reduction="sum")
-    gold = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-    others = logits.masked_fill(F.one_hot(labels, logits.shape[-1]).bool(), float("-inf"))
-    return (others.max(dim=-1).values - gold).sum()
-
-
-def _check(epsilons, loss: str) -> list[float]:
-    eps_list = list(dict.fromkeys(float(e) for e in epsilons))
-    if not eps_list:
-        raise ValueError("epsilons must not be empty")
-    if any(not e >= 0 for e in eps_list):
-        raise ValueError(f"epsilons must be >= 0, got {eps_list}")
-    if loss not in ATTACK_LOSSES:
-        raise ValueError(f"loss must be one of {ATTACK_LOSSES}, got {loss!r}")
-    return eps_list
 
 
 def _batches(model, data, batch_size: int, data_collator, device):
@@ -86,7 +55,7 @@ def _signed_gradient(model, x, labels, loss):
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         logits = _logits(model, x)
-        (grad,) = torch.autograd.grad(_attack_loss(logits, labels, loss), x)
+        (grad,) = torch.autograd.grad(attack_loss(logits, labels, loss), x)
     return logits.detach().argmax(-1) != labels, grad.sign()
 
 
@@ -98,9 +67,9 @@ def _wrong(model, x, labels):
 def fgsm_pixel_accuracy(model, data, epsilons: Iterable[float], *, loss: str = "ce", batch_size: int = 64,
                         data_collator=None, pixel_range=None, device=None) -> dict[float, float]:  # fmt: skip
     """Accuracy under a one-step FGSM attack on ``pixel_values``: ``{epsilon: accuracy}``."""
-    eps_list = _check(epsilons, loss)
+    eps_list = check_attack_arguments(epsilons, loss)
     correct, total = dict.fromkeys(eps_list, 0), 0
-    with _eval_mode(model):
+    with eval_mode(model):
         for x, labels in _batches(model, data, batch_size, data_collator, device):
             clean_wrong, direction = _signed_gradient(model, x, labels, loss)
             for eps in eps_list:
@@ -118,12 +87,12 @@ def pgd_pixel_accuracy(model, data, epsilons: Iterable[float], *, steps: int = 1
                        loss: str = "ce", random_start: bool = True, seed: int = 0, batch_size: int = 64,
                        data_collator=None, pixel_range=None, device=None) -> dict[float, float]:  # fmt: skip
     """Accuracy under an L-infinity PGD attack on ``pixel_values``: ``{epsilon: accuracy}`` (see the module doc)."""
-    eps_list = _check(epsilons, loss)
+    eps_list = check_attack_arguments(epsilons, loss)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     generator = torch.Generator().manual_seed(seed)
     correct, total = dict.fromkeys(eps_list, 0), 0
-    with _eval_mode(model):
+    with eval_mode(model):
         for x, labels in _batches(model, data, batch_size, data_collator, device):
             clean_wrong = _wrong(model, x, labels)
             # One draw per example, in order, on the CPU: the same start for any batch size or device.
