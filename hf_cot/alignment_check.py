@@ -14,6 +14,7 @@ Cost: two forwards of one row, once per trainer (docs/compatibility.md has the n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -78,8 +79,6 @@ def compare_with_own_loss(model, inputs: dict, label_names, context=None, unwrap
     ``context``: a context manager factory for the forwards (the trainer's autocast). ``model`` runs the forwards (an
     engine's wrapper, DDP's say); ``unwrapped`` (default: ``model``) is the transformers model the head is read from.
     """
-    import contextlib
-
     context = context or contextlib.nullcontext
     forward, model = model, (model if unwrapped is None else unwrapped)
     labels, _ = batch_labels(model, inputs, label_names)
@@ -154,8 +153,8 @@ class FirstBatchCheck:
         failed = torch.tensor([float(problem is not None)], device=trainer.args.device)
         if trainer.accelerator.num_processes > 1:
             failed = trainer.accelerator.reduce(failed, reduction="sum")
-        self.checked_model = unwrapped
-        if problem is not None or float(failed) > 0:
+        if problem is not None or float(failed) > 0:  # not marked as checked: a retry is refused again
             raise AlignmentMismatchError(
                 problem or "hf-cot's cross-entropy differs from the model's own loss on another process's first batch"
             )
+        self.checked_model = unwrapped

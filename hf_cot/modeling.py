@@ -138,12 +138,11 @@ def split_labels(model, inputs: dict, label_names) -> tuple[list[torch.Tensor], 
     Encoder-decoders get their decoder inputs built from the labels as their own forward builds them: the same
     decoder inputs then serve the CE and the complement forward.
     """
+    head = head_for(model)
     labels, shift = batch_labels(model, inputs, label_names)
-    names = set(target_label_names(head_for(model), label_names)) | {SHIFT_LABELS}
+    names = set(target_label_names(head, label_names)) | {SHIFT_LABELS}
     model_inputs = {k: v for k, v in inputs.items() if k not in names}
-    if head_for(model).encoder_decoder and not (
-        "decoder_input_ids" in model_inputs or "decoder_inputs_embeds" in model_inputs
-    ):
+    if head.encoder_decoder and not ("decoder_input_ids" in model_inputs or "decoder_inputs_embeds" in model_inputs):
         model_inputs["decoder_input_ids"] = decoder_inputs_from_labels(model, labels[0])
     return labels, model_inputs, shift
 

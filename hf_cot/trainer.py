@@ -427,7 +427,7 @@ class COTMixin:
                     sums_from_logits("complement", logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
                     for logits, labels in pairs
                 ]
-                return combine_targets(sums, denominators)[0] if len(sums) > 1 else sums[0]
+                return combine_targets(sums, denominators)[0]  # one target: its sums as they are
 
         count = denominators = denominator = None
         if self._cot_window_count is not None:

