@@ -1,6 +1,7 @@
 """What the first-batch check against the model's own loss costs (`hf_cot.alignment_check`), next to one COT step.
 
-The check runs once per trainer: two forwards without gradients on one row of the first batch. Printed side by side
+The check runs once per trainer: two forwards without gradients on two rows of the first batch (the model's own,
+and hf-cot's on the path that trains: the fused LM head for the causal LM). Printed side by side
 in one run: the check's time, one `joint` training step's time on the whole batch, and their ratio, for
 all-MiniLM-L6-v2's shape (sequence classification, batch 16 x 64 tokens) and a Llama-style causal LM (batch 8 x 256
 tokens, 32k vocabulary, fused LM head).
@@ -18,7 +19,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
 from hf_cot import COTTrainer, COTTrainingArguments
-from hf_cot.alignment_check import compare_with_own_loss
+from hf_cot.alignment_check import FirstBatchCheck
 
 MINILM = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
 LLAMA = dict(vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
@@ -60,7 +61,7 @@ def main() -> None:
             trainer.current_gradient_accumulation_steps = 1
             trainer._cot_first_batch.checked_model = trainer.model  # time the step alone
             step = _median_seconds(lambda t=trainer, m=model, b=batch: t.training_step(m, dict(b)))
-            check = _median_seconds(lambda m=model, b=batch: compare_with_own_loss(m, dict(b), None))
+            check = _median_seconds(lambda t=trainer, m=model, b=batch: FirstBatchCheck().check(m, dict(b), t))
         print(f"| {name} | {check:.3f} | {step:.3f} | {check / step:.3f} |")
 
 

@@ -26,6 +26,8 @@ _LAZY = {
     "guided_complement_entropy": "losses",
     "linear_complement_entropy": "linear_losses",
     "evaluate_complement_entropy": "evaluation",
+    "register_head": "heads",
+    "AlignmentMismatchError": "alignment_check",
 }
 
 __all__ = [
@@ -42,11 +44,15 @@ __all__ = [
     "guided_complement_entropy",
     "linear_complement_entropy",
     "evaluate_complement_entropy",
+    "register_head",
+    "AlignmentMismatchError",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names resolve in __getattr__
+    from .alignment_check import AlignmentMismatchError
     from .config import COT_MODES, COTArgumentsMixin, COTSeq2SeqTrainingArguments, COTTrainingArguments
     from .evaluation import evaluate_complement_entropy
+    from .heads import register_head
     from .linear_losses import linear_complement_entropy
     from .losses import complement_entropy, complement_normalizer, complement_objective, guided_complement_entropy
     from .trainer import COTMixin, COTSeq2SeqTrainer, COTTrainer

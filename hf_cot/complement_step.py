@@ -25,6 +25,7 @@ import torch
 
 from .complement_optimizer import copy_optimizer, unwrap_optimizer
 from .objective import ModeSums, mode_objective
+from .random_streams import capture_streams, restore_streams, seed_streams, untouched_random_streams
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +83,12 @@ class ComplementStep:
         self.steps = 0
         self.skipped_steps = 0
         self._warned_empty_window = False
-        # The complement forwards draw their random numbers (dropout) from a stream of their own, seeded from the
-        # run's seed: the CE steps then draw exactly what they would draw in cot_mode="off" (so "alternating with a
-        # zero complement learning rate" is "off" even with dropout), and the two updates do not share masks.
+        # The complement forwards draw their random numbers (dropout, SpecAugment masks) from streams of their own
+        # (torch, numpy, Python), seeded from the run's seed: the CE steps then draw exactly what they would draw in
+        # cot_mode="off" (so "alternating with a zero complement learning rate" is "off" even with dropout), and the
+        # two updates do not share masks.
         self._rng_seed = args.seed + COMPLEMENT_SEED_OFFSET
-        self.rng_state: dict | None = None  # {"cpu": tensor, "device": tensor or None}: saved with the checkpoint
+        self.rng_state: dict | None = None  # `random_streams.capture_streams`: saved with the checkpoint
 
     def __call__(
         self,
@@ -169,31 +171,25 @@ class ComplementStep:
 
     @contextlib.contextmanager
     def _own_rng(self, device: torch.device):
-        """Run the block on the complement's random stream; the global generators (CPU and ``device``'s) come back
-        untouched afterwards, as `torch.random.fork_rng` guarantees."""
-        accelerator_rng = getattr(torch, device.type) if device.type != "cpu" else None
-        devices = [device] if accelerator_rng is not None else []
-        with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
+        """Run the block on the complement's own random streams: torch's (CPU and ``device``'s: dropout), numpy's global
+        stream (Wav2Vec2's SpecAugment masks) and Python's `random`. The run's streams come back untouched afterwards
+        (`untouched_random_streams`), so that its CE steps draw what a plain run draws."""
+        with untouched_random_streams(device):
             if self.rng_state is None:
-                torch.random.default_generator.manual_seed(self._rng_seed)
-                if accelerator_rng is not None:
-                    accelerator_rng.manual_seed(self._rng_seed)  # the current device only
+                seed_streams(self._rng_seed, device)
             else:
-                torch.set_rng_state(self.rng_state["cpu"])
-                if accelerator_rng is not None and self.rng_state["device"] is not None:
-                    accelerator_rng.set_rng_state(self.rng_state["device"], device)
+                restore_streams(self.rng_state, device, seed=self._rng_seed)
             yield
-            self.rng_state = {
-                "cpu": torch.get_rng_state(),
-                "device": accelerator_rng.get_rng_state(device) if accelerator_rng is not None else None,
-            }
+            self.rng_state = capture_streams(device)
 
     def save_rng_state(self, output_dir: str, process_index: int) -> None:
-        """Every process writes its own stream (as the Trainer writes ``rng_state_<rank>.pth``)."""
+        """Every process writes its own streams (as the Trainer writes ``rng_state_<rank>.pth``)."""
         if self.rng_state is not None:
             torch.save(self.rng_state, os.path.join(output_dir, RNG_STATE_NAME.format(process_index)))
 
     def load_rng_state(self, checkpoint: str, process_index: int) -> None:
+        """Read what `save_rng_state` wrote. A file from before numpy's and Python's streams were kept (torch's only)
+        loads too: `_own_rng` seeds the streams it lacks."""
         path = os.path.join(checkpoint, RNG_STATE_NAME.format(process_index))
         if os.path.isfile(path):
             self.rng_state = torch.load(path, weights_only=True)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -73,6 +76,16 @@ class COTArgumentsMixin:
             With Adam/AdamW a constant scale mostly cancels in the update, so the choice matters most for SGD and
             for `"joint"` mode, where it sets the balance against CE. `"guided"` mode always divides by
             `log(K-1)`, as GCE does.
+
+        > Parameters that weight the classes (classification heads)
+
+        class_weights (`list[float]` or `None`, *optional*, defaults to `None`):
+            One weight per class, in label-id order. Every position's terms are multiplied by the weight `w_g` of its
+            ground-truth class and the loss is divided by the summed weights: the cross-entropy is PyTorch's
+            `cross_entropy(weight=w)`, and the COT modes weight their complement term the same way (`joint`:
+            `sum_i w_gi (CE_i - complement_weight * H_i / c) / sum_i w_gi`; `guided`: the GCE terms; `alternating`:
+            both steps). Applies in `cot_mode="off"` too. Classification heads only (K = `config.num_labels`); not
+            with `label_smoothing_factor > 0`.
 
         > Parameters that control memory
 
@@ -162,6 +175,20 @@ class COTArgumentsMixin:
         },
     )
 
+    class_weights: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "One weight per class (label-id order) for classification heads (sequence, token, image, audio "
+                "classification): every position's terms are multiplied by its ground-truth class's weight w_g and "
+                "the loss is divided by the summed weights, so the cross-entropy is PyTorch's "
+                "cross_entropy(weight=w) and, in the COT modes, the complement term is weighted the same way "
+                "(joint: sum w_g (CE - weight * H / c) / sum w_g). Also in cot_mode='off', where it replaces a "
+                "compute_loss override that applies class weights. Default: none (every class weighs 1)."
+            ),
+        },
+    )
+
     def _validate_cot_fields(self) -> None:
         if self.cot_mode not in COT_MODES:
             raise ValueError(f"--cot_mode must be one of {COT_MODES}, got {self.cot_mode!r}")
@@ -184,6 +211,26 @@ class COTArgumentsMixin:
             or self.complement_every < 1
         ):
             raise ValueError(f"--complement_every must be an integer >= 1, got {self.complement_every!r}")
+        self._validate_class_weights()
+
+    def _validate_class_weights(self) -> None:
+        weights = self.class_weights
+        if weights is None:
+            return
+        if isinstance(weights, (str, bytes)) or not hasattr(weights, "__len__") or len(weights) < 2:
+            raise ValueError(f"--class_weights must be one number per class (at least 2), got {weights!r}")
+        try:
+            values = [float(w) for w in weights]
+        except (TypeError, ValueError):
+            raise ValueError(f"--class_weights must be numbers, got {weights!r}") from None
+        if not all(math.isfinite(w) and w >= 0 for w in values) or not any(w > 0 for w in values):
+            raise ValueError(f"--class_weights must be finite and >= 0, with at least one > 0; got {weights!r}")
+        if getattr(self, "label_smoothing_factor", 0) > 0:
+            raise ValueError(
+                "--class_weights cannot be combined with --label_smoothing_factor > 0: the Trainer's label smoother "
+                "takes no class weights and PyTorch weights the smoothing term per class, two different losses. "
+                "Use one of them."
+            )
 
     def _refuse_liger(self) -> None:
         """transformers' and TRL's `use_liger_kernel` (not axolotl's Liger plugin, whose config keys the axolotl
@@ -199,7 +246,7 @@ class COTArgumentsMixin:
         return self.learning_rate if self.complement_learning_rate is None else self.complement_learning_rate
 
 
-@dataclass
+@dataclass(repr=False)  # TrainingArguments.__repr__ masks the tokens; a generated one would not
 class COTTrainingArguments(COTArgumentsMixin, TrainingArguments):
     """`TrainingArguments` plus the COT fields (see `COTArgumentsMixin`)."""
 
@@ -209,7 +256,7 @@ class COTTrainingArguments(COTArgumentsMixin, TrainingArguments):
         super().__post_init__()
 
 
-@dataclass
+@dataclass(repr=False)
 class COTSeq2SeqTrainingArguments(COTArgumentsMixin, Seq2SeqTrainingArguments):
     """`Seq2SeqTrainingArguments` plus the COT fields (see `COTArgumentsMixin`)."""
 
@@ -219,22 +266,127 @@ class COTSeq2SeqTrainingArguments(COTArgumentsMixin, Seq2SeqTrainingArguments):
         super().__post_init__()
 
 
-def as_cot_arguments(args, cls, default_output_dir: str = "tmp_trainer"):
-    """The arguments a COT trainer runs with, given what its caller passed, as the parent trainers do it.
+def cot_arguments_class(base: type) -> type:
+    """The COT arguments class of a `TrainingArguments` class ``base``: a subclass of it with the COT fields.
 
-    ``None``: ``cls(output_dir=default_output_dir)`` (the parent's own default). A plain `TrainingArguments` (or
-    `Seq2SeqTrainingArguments`, TRL's `SFTConfig`...): converted to ``cls`` with every value kept and the COT fields
-    at their defaults, as TRL's `SFTTrainer` converts a `TrainingArguments` to an `SFTConfig` (fields ``cls`` does not
-    have are named in a warning). COT arguments, and anything else (refused by the trainer's check), unchanged.
+    `TrainingArguments`, `Seq2SeqTrainingArguments` and TRL's `SFTConfig` have theirs by name
+    (`COTTrainingArguments`, `COTSeq2SeqTrainingArguments`, `hf_cot.trl.COTSFTConfig`); any other class (a user's
+    subclass with fields of its own) gets a dataclass built once, with bases ``(COTArgumentsMixin, base)``. A class
+    that already mixes in `COTArgumentsMixin` is its own.
     """
-    if args is not None and (isinstance(args, COTArgumentsMixin) or not isinstance(args, TrainingArguments)):
-        return args
-    if args is None:
-        logger.info(f"No arguments passed, using {cls.__name__}(output_dir={default_output_dir!r}).")
-        return cls(output_dir=default_output_dir)
-    values = args.to_dict()
-    values["hub_token"] = args.hub_token  # to_dict hides it
-    values.pop("push_to_hub_token", None)
+    if issubclass(base, COTArgumentsMixin):
+        return base
+    if base is TrainingArguments:
+        return COTTrainingArguments
+    if base is Seq2SeqTrainingArguments:
+        return COTSeq2SeqTrainingArguments
+    if _is_trl_sft_config(base):
+        from .trl import COTSFTConfig  # trl is optional: imported only once one of its classes was given
+
+        return COTSFTConfig
+    return _derived_arguments_class(base)
+
+
+def _is_trl_sft_config(cls: type) -> bool:
+    """``cls`` is TRL's `SFTConfig` itself (read by name first, so that nothing imports trl for a class of another
+    library)."""
+    if cls.__name__ != "SFTConfig" or cls.__module__.partition(".")[0] != "trl":
+        return False
+    import trl
+
+    return cls is trl.SFTConfig
+
+
+@functools.cache
+def _derived_arguments_class(base: type) -> type:
+    """``COT<base>``: a dataclass with bases ``(COTArgumentsMixin, base)``, built once per class (cached), so that
+    every conversion of one class gives instances of one class."""
+
+    @dataclass(repr=False)
+    class Derived(COTArgumentsMixin, base):
+        _cot_derived_from = base  # not a field (no annotation): the class it was built for
+
+        def __post_init__(self):
+            check_cot_arguments(self)
+            super().__post_init__()
+
+        def __reduce__(self):
+            # Pickled (the Trainer's training_args.bin) and copied through ``base``, which is importable by name where
+            # this class, built at run time, is not.
+            state = self.__getstate__() if hasattr(self, "__getstate__") else self.__dict__  # 3.10: no __getstate__
+            return _new_derived_arguments, (base,), state
+
+    Derived.__name__ = Derived.__qualname__ = f"COT{base.__name__}"
+    Derived.__doc__ = f"`{base.__module__}.{base.__qualname__}` plus the COT fields (see `COTArgumentsMixin`)."
+    return Derived
+
+
+def _new_derived_arguments(base: type):
+    """An empty instance of ``cot_arguments_class(base)`` (unpickling fills its state)."""
+    cls = _derived_arguments_class(base)
+    return cls.__new__(cls)
+
+
+def check_cot_arguments(args) -> None:
+    """The checks a COT arguments class runs when it is built: the COT fields' values, `use_liger_kernel`, and for
+    TRL's `SFTConfig` the TRL options no COT mode combines with (`hf_cot.trl`)."""
+    args._validate_cot_fields()
+    args._refuse_liger()
+    if any(_is_trl_sft_config(c) for c in type(args).__mro__):
+        from .trl import _trl_conflict
+
+        if conflict := _trl_conflict(args):
+            raise ValueError(conflict)
+
+
+def _arguments_base(cls: type) -> type:
+    """The `TrainingArguments` class a COT arguments class adds its fields to (`SFTConfig` for `COTSFTConfig`)."""
+    return next(c for c in cls.__mro__ if issubclass(c, TrainingArguments) and not issubclass(c, COTArgumentsMixin))
+
+
+def _own_copy(value):
+    """``value`` for the converted arguments: containers and dataclasses (`AcceleratorConfig`) copied, as some are
+    edited in place (TRL's `SFTTrainer` edits `gradient_checkpointing_kwargs`, `__post_init__` edits `fsdp_config`), so
+    that the caller's arguments stay as they are; anything else shared, as it is (a copy of an object without
+    ``__eq__`` would no longer equal the caller's)."""
+    if not isinstance(value, (dict, list, set)) and not (
+        dataclasses.is_dataclass(value) and not isinstance(value, type)
+    ):
+        return value
+    try:
+        return copy.deepcopy(value)
+    except (TypeError, RuntimeError, copy.Error):  # an element that cannot be copied (a lock, a non-leaf tensor)
+        return copy.copy(value)
+
+
+def _cot_defaults() -> dict:
+    return {
+        f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+        for f in dataclasses.fields(COTArgumentsMixin)
+    }
+
+
+def _with_cot_fields(args, cls: type):
+    """``args`` as an instance of ``cls``, a COT subclass of its class: its state copied as it is after its
+    ``__post_init__`` (not rebuilt from `to_dict`, which masks every ``*_token`` and turns enums and configs into
+    strings and dicts), the COT fields at their defaults.
+
+    The run's state that `__post_init__` derived from the fields (the device, the DeepSpeed config and plugin) is
+    shared: a second DeepSpeed config would replace the one transformers registers globally."""
+    converted = cls.__new__(cls)
+    state = dict(vars(args))
+    state.update({f.name: _own_copy(getattr(args, f.name)) for f in dataclasses.fields(args) if hasattr(args, f.name)})
+    state.update(_cot_defaults())
+    converted.__dict__.update(state)
+    return converted
+
+
+def _rebuilt_as(args, cls: type, stacklevel: int):
+    """``args`` rebuilt as ``cls``, whose base its class is not (a `TrainingArguments` for a trainer that needs an
+    `SFTConfig`), as TRL's `SFTTrainer` converts it: its values into ``cls``, which runs its own ``__post_init__``,
+    the fields ``cls`` lacks named in a warning. The values as they are, not `to_dict`'s masks."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
+    values.pop("push_to_hub_token", None)  # transformers 4.x's deprecated alias, already copied into hub_token
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     dropped = sorted(k for k in values if k not in names)
     if dropped:
@@ -242,12 +394,43 @@ def as_cot_arguments(args, cls, default_output_dir: str = "tmp_trainer"):
             f"{type(args).__name__} converted to {cls.__name__}, which has no {', '.join(dropped)}: those values are "
             f"dropped. Pass {cls.__name__} directly to keep them.",
             UserWarning,
-            stacklevel=4,
+            stacklevel=stacklevel + 1,
         )
-    converted = cls(**{k: v for k, v in values.items() if k in names})
+    return cls(**{k: _own_copy(v) for k, v in values.items() if k in names})
+
+
+def as_cot_arguments(args, cls, default_output_dir: str = "tmp_trainer", stacklevel: int = 4):
+    """The arguments a COT trainer runs with, given what its caller passed, as the parent trainers do it.
+
+    ``None``: ``cls(output_dir=default_output_dir)`` (the parent's own default). COT arguments, and anything that is
+    not a `TrainingArguments` (refused by the trainer's check), unchanged. Any other `TrainingArguments` keeps its
+    class, fields and values: it becomes an instance of `cot_arguments_class` of its class (a subclass of it) holding
+    a copy of its state, with the COT fields at their defaults; the caller's object is left as it is. Only where its
+    class is not one the trainer needs (``cls``'s base: a `TrainingArguments` given to `COTSFTTrainer`, which needs
+    an `SFTConfig`) is it rebuilt as ``cls``, as TRL's `SFTTrainer` converts one (the fields ``cls`` lacks are named
+    in a warning). Either way the checks of ``cls.__post_init__`` run on the result (`check_cot_arguments`).
+    ``stacklevel``: of the caller's frame for warnings, counted from here.
+    """
+    if args is not None and (isinstance(args, COTArgumentsMixin) or not isinstance(args, TrainingArguments)):
+        return args
+    if args is None:
+        logger.info(f"No arguments passed, using {cls.__name__}(output_dir={default_output_dir!r}).")
+        return cls(output_dir=default_output_dir)
+    if isinstance(args, _arguments_base(cls)):
+        target = cot_arguments_class(type(args))
+        converted = _with_cot_fields(args, target)
+        check_cot_arguments(converted)
+    else:
+        converted = _rebuilt_as(args, cls, stacklevel)
+    built = type(converted)
+    how = (
+        f"a dataclass with bases (hf_cot.COTArgumentsMixin, {type(args).__name__})"
+        if "_cot_derived_from" in vars(built)
+        else built.__name__
+    )
     logger.warning(
-        f"{type(args).__name__} converted to {cls.__name__}: the COT fields take their defaults "
-        f"(cot_mode={converted.cot_mode!r}). Pass {cls.__name__} to choose them."
+        f"{type(args).__name__} converted to {built.__name__}: the COT fields take their defaults "
+        f"(cot_mode={converted.cot_mode!r}). Pass {how} to choose them."
     )
     return converted
 
@@ -258,8 +441,9 @@ def given_arguments(args: tuple, kwargs: dict):
 
 
 def with_cot_arguments(args: tuple, kwargs: dict, cls, default_output_dir: str) -> tuple[tuple, dict]:
-    """``(args, kwargs)`` of a COT trainer's constructor call with no `args`, or plain `TrainingArguments`, replaced by
-    ``cls`` (`as_cot_arguments`), where the call passed them."""
+    """``(args, kwargs)`` of a COT trainer's constructor call with no `args`, or `TrainingArguments` without the COT
+    fields, replaced by COT arguments (`as_cot_arguments`; ``cls``: the trainer's own class), where the call passed
+    them."""
     given = given_arguments(args, kwargs)
     if isinstance(given, COTArgumentsMixin):
         return args, kwargs

@@ -23,7 +23,15 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-__all__ = ["Head", "head_for", "head_for_class", "register_head", "UnsupportedHeadError"]
+__all__ = [
+    "Head",
+    "base_model",
+    "head_for",
+    "head_for_class",
+    "is_registered",
+    "register_head",
+    "UnsupportedHeadError",
+]
 
 
 class UnsupportedHeadError(ValueError):
@@ -288,9 +296,17 @@ def head_for_class(model_class, config=None) -> Head:
     return UNKNOWN
 
 
+def base_model(model):
+    """The model under a PEFT wrapper (a `PeftModel` keeps the transformers model one `get_base_model()` away)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def head_for(model) -> Head:
     """The `Head` of a model (under a PEFT wrapper: of its transformers model)."""
-    from .modeling import base_model
-
     base = base_model(model)
     return head_for_class(type(base), getattr(base, "config", None))
+
+
+def is_registered(model) -> bool:
+    """Whether the model's head was declared with `register_head` (for its class or an ancestor)."""
+    return any(cls.__name__ in _REGISTERED for cls in type(base_model(model)).__mro__)

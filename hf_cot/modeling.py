@@ -9,14 +9,10 @@ import warnings
 
 import torch
 
-from .heads import Head, UnsupportedHeadError, head_for
+from .heads import Head, UnsupportedHeadError, base_model, head_for
+from .objective import label_weights
 
 SHIFT_LABELS = "shift_labels"
-
-
-def base_model(model):
-    """The model under a PEFT wrapper (a `PeftModel` keeps the transformers model one `get_base_model()` away)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _config(model):
@@ -125,6 +121,13 @@ def batch_labels(model, inputs: dict, label_names) -> tuple[list[torch.Tensor], 
             "the data collator, remove_unused_columns and label_names."
         )
     labels = [inputs[name] for name in names]
+    floating = [name for name, t in zip(names, labels, strict=True) if torch.is_tensor(t) and t.is_floating_point()]
+    if floating:
+        raise ValueError(
+            f"COT needs integer class labels, but the batch's {' / '.join(map(repr, floating))} are "
+            f"{labels[names.index(floating[0])].dtype} (regression targets or soft labels?). Cast class indices to "
+            "torch.long in the dataset or collator; for regression or soft targets use cot_mode='off'."
+        )
     if head.positions:
         length = _sequence_length(inputs)
         labels = [position_targets(t, length) for t in labels]
@@ -215,6 +218,30 @@ def router_aux_loss_coef(model) -> float:
     return float(getattr(config, "router_aux_loss_coef", 0.0) or 0.0)
 
 
-def count_valid(labels: list[torch.Tensor], shift: bool) -> torch.Tensor:
-    """Per target, the labels that count (not -100), after the causal shift: a ``[targets]`` tensor."""
-    return torch.stack([((t[..., 1:] if shift else t) != -100).sum() for t in labels])
+def count_valid(labels: list[torch.Tensor], shift: bool, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Per target, the labels that count (not -100), after the causal shift: a ``[targets]`` tensor. With class
+    weights, each label counts its class's weight (the denominator of PyTorch's weighted cross-entropy mean)."""
+    labels = [t[..., 1:] if shift else t for t in labels]
+    if class_weights is None:
+        return torch.stack([(t != -100).sum() for t in labels])
+    return torch.stack([label_weights(t, class_weights).sum() for t in labels])
+
+
+def check_class_weights(model, class_weights) -> None:
+    """`class_weights` need a head whose K is ``config.num_labels`` (sequence / token / image / audio
+    classification) and one weight per class; refused otherwise, before the model is changed."""
+    if class_weights is None:
+        return
+    head = head_for(model)
+    num_labels = getattr(_config(model), "num_labels", None)
+    if not head.num_labels_from_config:
+        raise ValueError(
+            f"class_weights need a classification head whose classes are config.num_labels; "
+            f"{type(base_model(model)).__name__} is scored as a {head.task} head (its classes are "
+            f"{'the vocabulary' if head.vocabulary else 'the choices or positions'}). Remove class_weights."
+        )
+    if len(class_weights) != num_labels:
+        raise ValueError(
+            f"class_weights has {len(class_weights)} weights but the model has config.num_labels={num_labels} "
+            "classes: give one weight per class, in label-id order."
+        )

@@ -31,6 +31,7 @@ __all__ = [
     "checked_range",
     "combine_targets",
     "eval_entropy_sums",
+    "label_weights",
     "mode_objective",
     "sums_from_logits",
     "sums_from_terms",
@@ -51,32 +52,66 @@ class ModeSums:
     num_classes: int
 
 
-def cross_entropy_sum(flat_logits, flat_labels, label_smoothing: float = 0.0) -> torch.Tensor:
-    # label_smoothing as the Trainer's LabelSmoother applies it ((1 - eps) NLL + eps * mean over classes).
+def label_weights(labels: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
+    """Each position's weight: its label's class weight, 0 where the label is ignored (-100)."""
+    valid = labels != -100
+    weights = class_weights.to(labels.device)[labels.masked_fill(~valid, 0)]
+    return weights.masked_fill(~valid, 0.0)
+
+
+def cross_entropy_sum(flat_logits, flat_labels, label_smoothing: float = 0.0, class_weights=None) -> torch.Tensor:
+    # label_smoothing as the Trainer's LabelSmoother applies it ((1 - eps) NLL + eps * mean over classes); class weights
+    # as PyTorch's `cross_entropy(weight=w)` sums them (its mean divides this by the summed weights).
+    weight = None if class_weights is None else class_weights.to(flat_logits.device, torch.float32)
     return F.cross_entropy(
-        flat_logits.float(), flat_labels, ignore_index=-100, reduction="sum", label_smoothing=label_smoothing
+        flat_logits.float(),
+        flat_labels,
+        weight=weight,
+        ignore_index=-100,
+        reduction="sum",
+        label_smoothing=label_smoothing,
     )
 
 
 def sums_from_logits(
-    mode: str, flat_logits, flat_labels, *, label_smoothing: float = 0.0, guided_alpha: float = 1.0
+    mode: str,
+    flat_logits,
+    flat_labels,
+    *,
+    label_smoothing: float = 0.0,
+    guided_alpha: float = 1.0,
+    class_weights=None,
 ) -> ModeSums:
-    """`ModeSums` from ``[N, K]`` logits and ``[N]`` labels (-100 ignored)."""
+    """`ModeSums` from ``[N, K]`` logits and ``[N]`` labels (-100 ignored). ``mode``: ``"joint"``, ``"guided"``,
+    ``"complement"``, or ``"ce"`` (the cross-entropy alone: the alternating mode's primary step, evaluation).
+
+    ``class_weights`` (``[K]``): every position's terms are multiplied by its ground-truth class's weight (and the
+    caller divides by the summed weights, `hf_cot.modeling.count_valid`), as ``cross_entropy(weight=w)`` does for CE.
+    """
     num_classes = flat_logits.shape[-1]
+    weights = None if class_weights is None else label_weights(flat_labels, class_weights).float()
+
+    def weighted_sum(per_position):
+        return per_position.sum() if weights is None else (per_position * weights).sum()
+
+    def entropy_sum():
+        if weights is None:
+            return complement_entropy(flat_logits, flat_labels, reduction="sum")
+        return weighted_sum(complement_entropy(flat_logits, flat_labels, reduction="none"))
+
     if mode == "complement":
-        return ModeSums(None, complement_entropy(flat_logits, flat_labels, reduction="sum"), None, num_classes)
+        return ModeSums(None, entropy_sum(), None, num_classes)
     if mode == "guided":
         entropy, log_pg, valid = complement_terms(flat_logits, flat_labels)
-        guided = guided_rows(entropy, log_pg, valid, num_classes, guided_alpha).sum()
+        guided = weighted_sum(guided_rows(entropy, log_pg, valid, num_classes, guided_alpha))
         if label_smoothing > 0:
             ce = cross_entropy_sum(flat_logits.detach(), flat_labels, label_smoothing)
         else:  # -log p_g from the same pass: no second softmax over the classes
-            ce = -log_pg.masked_fill(~valid, 0.0).sum()
-        return ModeSums(ce, entropy.sum(), guided, num_classes)
+            ce = -weighted_sum(log_pg.masked_fill(~valid, 0.0))
+        return ModeSums(ce, weighted_sum(entropy), guided, num_classes)
     check_label_range(flat_labels, num_classes)
-    ce = cross_entropy_sum(flat_logits, flat_labels, label_smoothing)
-    entropy = complement_entropy(flat_logits, flat_labels, reduction="sum") if mode == "joint" else None
-    return ModeSums(ce, entropy, None, num_classes)
+    ce = cross_entropy_sum(flat_logits, flat_labels, label_smoothing, class_weights)
+    return ModeSums(ce, entropy_sum() if mode == "joint" else None, None, num_classes)
 
 
 def sums_from_terms(mode: str, entropy, log_pg, valid, num_classes: int, *, guided_alpha: float = 1.0) -> ModeSums:
@@ -88,7 +123,7 @@ def sums_from_terms(mode: str, entropy, log_pg, valid, num_classes: int, *, guid
     if mode == "guided":
         flat = (entropy.reshape(-1), log_pg.reshape(-1), valid.reshape(-1))
         guided = guided_rows(*flat, num_classes, guided_alpha).sum()
-    return ModeSums(ce, entropy.sum() if mode != "alternating" else None, guided, num_classes)
+    return ModeSums(ce, entropy.sum() if mode in ("joint", "guided") else None, guided, num_classes)
 
 
 def combine_targets(sums: list[ModeSums], denominators: torch.Tensor) -> tuple[ModeSums, torch.Tensor]:
@@ -120,7 +155,7 @@ def mode_objective(
 
     * ``joint``: CE - complement_weight * H / normalizer; logs ``complement_entropy`` and ``complement_loss``.
     * ``guided``: the GCE loss; logs ``complement_entropy`` and ``complement_loss`` (the GCE loss).
-    * ``alternating``: the CE step (CE only, nothing to log).
+    * ``ce`` (also ``alternating``): the CE alone (the alternating CE step; nothing to log).
     * ``complement``: the alternating complement step, -H / normalizer; logs ``complement_entropy`` and
       ``complement_loss``; its value is the objective (there is no CE).
     """

@@ -65,7 +65,7 @@ def _trl_conflict(config) -> str | None:
     return None
 
 
-@dataclass
+@dataclass(repr=False)  # TrainingArguments.__repr__ masks the tokens; a generated one would not
 class COTSFTConfig(COTArgumentsMixin, trl.SFTConfig):
     """`trl.SFTConfig` plus the COT fields (see `hf_cot.COTArgumentsMixin`)."""
 
@@ -84,6 +84,7 @@ class COTSFTTrainer(COTMixin, trl.SFTTrainer):
     _args_class_name = "COTSFTConfig"
     _args_class = COTSFTConfig
     _parent_logs_metrics = True  # SFTTrainer.log averages the shared `_metrics` store (ours included)
+    _composes_with = (trl.SFTTrainer,)  # its compute_loss runs in `off`; the COT modes replace it (compute_loss below)
     # The card's method and citation slots stay SFTTrainer's (it names no paper); the COT paper goes into the card's
     # own COT section. In cot_mode="off" the tags are SFTTrainer's too (`__init__`), so that the card is its card.
     _paper = trl.SFTTrainer._paper

@@ -259,8 +259,8 @@ def build_compute_metrics(num_labels: int):
         logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
         labels = eval_pred.label_ids
         result = classification.compute(
-            predictions=np.argmax(logits, axis=-1), references=labels, labels=list(range(num_labels))
-        )
+            predictions=np.argmax(logits, axis=-1), references=labels, labels=list(range(num_labels)), logits=logits
+        )  # logits: + expected calibration error and NLL (comparable across label smoothing, unlike the loss)
         result["error"] = 1.0 - result["accuracy"]  # the paper reports test error
         result.update(complement.compute(predictions=logits, references=labels))
         return result

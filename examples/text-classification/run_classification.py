@@ -257,8 +257,8 @@ def build_compute_metrics(num_labels):
         labels = eval_pred.label_ids
         # labels=range(K): a class missing from a small evaluation set still counts in macro-F1 (as F1 = 0)
         result = classification.compute(
-            predictions=np.argmax(logits, axis=-1), references=labels, labels=list(range(num_labels))
-        )
+            predictions=np.argmax(logits, axis=-1), references=labels, labels=list(range(num_labels)), logits=logits
+        )  # logits: + expected calibration error and NLL (comparable across label smoothing, unlike the loss)
         # How flat the model keeps the wrong classes: what COT maximizes (higher = flatter complement).
         result.update(complement.compute(predictions=logits, references=labels))
         return result

@@ -307,6 +307,138 @@ def test_multilabel_by_hand(tmp_path):
     assert result == pytest.approx({"accuracy": 0.5, "micro_f1": 0.8})
 
 
+# --- classification: calibration (ECE, NLL) from logits or probabilities ----------------------------------------------
+
+
+def naive_ece(probabilities, references, n_bins=15):
+    """Expected calibration error written out: bin b holds the examples whose top probability c has
+    b / n_bins < c <= (b + 1) / n_bins; sum over bins of |bin| / N * |accuracy - mean confidence|."""
+    total = 0.0
+    for b in range(n_bins):
+        lo, hi = b / n_bins, (b + 1) / n_bins
+        members = []
+        for row, gold in zip(probabilities, references, strict=True):
+            confidence = max(row)
+            if lo < confidence <= hi:
+                members.append((confidence, list(row).index(confidence) == gold))
+        if members:
+            accuracy = sum(right for _, right in members) / len(members)
+            confidence = sum(c for c, _ in members) / len(members)
+            total += len(members) / len(references) * abs(accuracy - confidence)
+    return total
+
+
+def naive_softmax(row):
+    exps = [math.exp(x - max(row)) for x in row]
+    return [e / sum(exps) for e in exps]
+
+
+def test_ece_and_nll_by_hand(classification):
+    probabilities = [[0.95, 0.05], [0.3, 0.7], [0.2, 0.8], [0.78, 0.22]]
+    references = [0, 0, 1, 1]
+    # Confidences 0.95 (right), 0.7 (wrong), 0.8 (right), 0.78 (wrong). With 15 bins of width 1/15: 0.95 in
+    # (14/15, 1], 0.7 in (10/15, 11/15], and 0.8 = 12/15 closes the bin (11/15, 12/15] that 0.78 is in too.
+    # ECE = 1/4 |1 - 0.95| + 1/4 |0 - 0.7| + 2/4 |1/2 - 0.79| = 0.0125 + 0.175 + 0.145 = 0.3325.
+    # NLL = -(log 0.95 + log 0.3 + log 0.8 + log 0.22) / 4.
+    result = classification.compute(predictions=[0, 1, 1, 0], references=references, probabilities=probabilities)
+    assert result["accuracy"] == pytest.approx(0.5)
+    assert result["ece"] == pytest.approx(0.3325)
+    assert result["nll"] == pytest.approx(-(math.log(0.95) + math.log(0.3) + math.log(0.8) + math.log(0.22)) / 4)
+    assert result["ece"] == pytest.approx(naive_ece(probabilities, references))
+    # Logits whose softmax is those probabilities give the same numbers (to float rounding).
+    logits = np.log(np.array(probabilities)) + 3.0
+    from_logits = classification.compute(predictions=[0, 1, 1, 0], references=references, logits=logits)
+    assert from_logits["ece"] == pytest.approx(0.3325) and from_logits["nll"] == pytest.approx(result["nll"])
+    # One bin: |accuracy - mean confidence| = |1/2 - (0.95 + 0.7 + 0.8 + 0.78) / 4|.
+    one_bin = classification.compute(predictions=[0, 1, 1, 0], references=references, probabilities=probabilities,
+                                     n_bins=1)  # fmt: skip
+    assert one_bin["ece"] == pytest.approx(abs(0.5 - 3.23 / 4))
+
+
+@pytest.mark.parametrize("seed, k, n_bins", [(0, 3, 15), (1, 5, 15), (2, 10, 10), (3, 2, 4)])
+def test_ece_and_nll_against_naive_references(classification, seed, k, n_bins):
+    import torch
+
+    rng = np.random.default_rng(seed)
+    logits = (rng.normal(size=(60, k)) * rng.uniform(0.5, 4.0)).astype(np.float32)  # what Trainer hands over
+    references = rng.integers(0, k, size=60)
+    result = classification.compute(
+        predictions=logits.argmax(axis=1), references=references, logits=logits, n_bins=n_bins
+    )
+    probabilities = [naive_softmax([float(x) for x in row]) for row in logits]
+    assert result["ece"] == pytest.approx(naive_ece(probabilities, references, n_bins), abs=1e-9)
+    nll = torch.nn.functional.cross_entropy(torch.from_numpy(logits).double(), torch.from_numpy(references))
+    assert result["nll"] == pytest.approx(nll.item(), rel=1e-9)
+    assert 0 < result["ece"] < 1
+    # The same through probabilities= (float32 softmax rows: sums within 1e-6 of 1).
+    probs32 = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+    again = classification.compute(
+        predictions=logits.argmax(axis=1), references=references, probabilities=probs32, n_bins=n_bins
+    )
+    assert again["ece"] == pytest.approx(result["ece"], abs=1e-6) and again["nll"] == pytest.approx(
+        result["nll"], abs=1e-5
+    )
+
+
+def test_calibration_edge_cases(classification):
+    # A confident, right model: confidence 1 sits in the last bin; ECE 0, NLL 0.
+    perfect = classification.compute(predictions=[0, 1], references=[0, 1], probabilities=[[1.0, 0.0], [0.0, 1.0]])
+    assert perfect["ece"] == 0.0 and perfect["nll"] == pytest.approx(0.0)
+    # A zero probability on the gold class: NLL clipped at -log(float64 eps), not infinite.
+    wrong = classification.compute(predictions=[0], references=[1], probabilities=[[1.0, 0.0]])
+    assert wrong["ece"] == pytest.approx(1.0) and wrong["nll"] == pytest.approx(-math.log(np.finfo(np.float64).eps))
+    # The inputs of before keep returning exactly what they returned.
+    assert set(classification.compute(predictions=[0, 1], references=[0, 0])) == {"accuracy", "macro_f1"}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"logits": [[0.0, 1.0]] * 3, "probabilities": [[0.5, 0.5]] * 3}, "not both"),
+        ({"logits": [[0.0, 1.0]] * 2}, r"shape \[N, K\] with N = 3"),
+        ({"logits": [0.0, 1.0, 2.0]}, "shape"),
+        ({"probabilities": [[2.0, 1.0]] * 3}, "pass scores as logits="),
+        ({"probabilities": [[1.2, -0.2]] * 3}, "non-negative"),
+        ({"logits": [[0.0, float("nan")]] * 3}, "NaN"),
+        ({"logits": [[0.0, 1.0]] * 3, "n_bins": 0}, "n_bins"),
+        ({"logits": [[0.0, 1.0, 0.0]] * 3, "references": [0, 1, 3]}, r"class ids in \[0, 3\)"),
+    ],
+)
+def test_calibration_input_errors(classification, kwargs, message):
+    kwargs = {"predictions": [0, 1, 1], "references": [0, 1, 1], **kwargs}
+    with pytest.raises(ValueError, match=message):
+        classification.compute(**kwargs)
+
+
+def test_multilabel_refuses_calibration(tmp_path):
+    multilabel = metrics.load("classification_metrics", config_name="multilabel", cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="single-label predictions only"):
+        multilabel.compute(predictions=[[1, 0]], references=[[1, 0]], average="micro", logits=[[2.0, -2.0]])
+
+
+def test_the_classification_example_with_logits_passed_on(tmp_path):
+    """examples/text-classification/run_classification.py's compute_metrics with `logits=logits` added to its
+    classification.compute call: eval_ece / eval_nll come out of Trainer.evaluate (prefix added by the Trainer)."""
+    from transformers import EvalPrediction
+
+    classification = metrics.load("classification_metrics", cache_dir=str(tmp_path))
+    num_labels = 4
+
+    def compute_metrics(eval_pred):  # the example's function with the one change
+        logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        labels = eval_pred.label_ids
+        return classification.compute(
+            predictions=np.argmax(logits, axis=-1), references=labels, labels=list(range(num_labels)), logits=logits
+        )
+
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(32, num_labels)).astype(np.float32)
+    labels = rng.integers(0, num_labels, size=32)
+    result = compute_metrics(EvalPrediction(predictions=(logits, np.zeros((32, 2))), label_ids=labels))
+    assert set(result) == {"accuracy", "macro_f1", "ece", "nll"}
+    assert result["ece"] == pytest.approx(naive_ece([naive_softmax(r.tolist()) for r in logits], labels), abs=1e-9)
+
+
 # --- the upstream transformers example scripts, with only the metric name changed -------------------------------------
 
 

@@ -15,6 +15,7 @@ trl = pytest.importorskip("trl")
 
 from transformers import TrainerCallback  # noqa: E402
 
+from hf_cot import COTArgumentsMixin  # noqa: E402
 from hf_cot.trl import COTSFTConfig, COTSFTTrainer  # noqa: E402
 
 METRICS = ["loss", "entropy", "mean_token_accuracy", "num_tokens"]
@@ -227,8 +228,7 @@ def test_no_config_or_a_plain_one_becomes_a_cot_sft_config_as_sft_trainer_does(t
     )
     cot = COTSFTTrainer(model=tiny_llama(), args=given, train_dataset=prompt_completion(), processing_class=tokenizer)
     assert type(cot.args) is COTSFTConfig
-    cot_fields = {"cot_mode", "complement_learning_rate", "complement_weight", "guided_alpha",
-                  "complement_normalization", "complement_every", "cot_fused_lm_head"}  # fmt: skip
+    cot_fields = set(COTArgumentsMixin.__dataclass_fields__)
     theirs, ours = plain.args.to_dict(), {k: v for k, v in cot.args.to_dict().items() if k not in cot_fields}
     assert ours == theirs
 

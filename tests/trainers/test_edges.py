@@ -8,12 +8,11 @@ import pytest
 import torch
 from transformers import Trainer, TrainingArguments
 
-from hf_cot import COTTrainer, COTTrainingArguments
+from hf_cot import COTArgumentsMixin, COTTrainer, COTTrainingArguments
 from hf_cot.losses import check_label_range
 from testing_utils import causal_lm_data, classification_data, max_param_diff, tiny_bert, tiny_llama
 
-COT_FIELDS = {"cot_mode", "complement_learning_rate", "complement_weight", "guided_alpha",
-              "complement_normalization", "complement_every", "cot_fused_lm_head"}  # fmt: skip
+COT_FIELDS = set(COTArgumentsMixin.__dataclass_fields__)
 
 
 def _kw(out_dir, **kw):

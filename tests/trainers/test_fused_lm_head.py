@@ -91,14 +91,15 @@ def test_soft_capping_and_logit_scale_are_applied(kind, tmp_path):
 
 
 def test_the_head_module_never_runs_in_fused_training(tmp_path):
-    """No [tokens, vocabulary] logits of a batch: the lm_head module only runs in the first batch's check against the
-    model's own loss (`hf_cot.alignment_check`: one row, without gradients, twice); its weight still trains."""
+    """No [tokens, vocabulary] logits of a batch: the lm_head module only runs in the model's own forward of the first
+    batch's check (`hf_cot.alignment_check`: two rows, without gradients); hf-cot's side of the check runs the fused
+    head, as training does. Its weight still trains."""
     model = _tiny("llama")
     rows = []
     model.lm_head.register_forward_hook(lambda m, i, o: rows.append((o.shape[0], torch.is_grad_enabled())))
     before = model.lm_head.weight.detach().clone()
     _train(model, tmp_path, causal_lm_data(n=8), cot_mode="joint")
-    assert rows == [(1, False), (1, False)] and not torch.equal(before, model.lm_head.weight)
+    assert rows == [(2, False)] and not torch.equal(before, model.lm_head.weight)
 
 
 def test_evaluation_numbers_and_predictions_match(tmp_path):

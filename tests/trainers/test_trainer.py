@@ -13,6 +13,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from hf_cot import COTSeq2SeqTrainer, COTSeq2SeqTrainingArguments, COTTrainer, COTTrainingArguments
+from hf_cot.heads import _REGISTERED, register_head
 from testing_utils import (
     batch_of,
     classification_data,
@@ -330,11 +331,20 @@ class NoLogitsModel(torch.nn.Module):
         return {"scores": self.linear(x)}
 
 
-def test_model_without_logits_gives_a_clear_error(out_dir):
+def test_model_without_loss_or_logits_gives_a_clear_error(out_dir):
+    """No loss when given labels: refused (nothing to check against), unless its head was declared; a declared head
+    without logits: the error names the missing output."""
     data = [{"x": torch.randn(4), "labels": i % 5} for i in range(16)]
     trainer = COTTrainer(model=NoLogitsModel(), args=make_args(out_dir), train_dataset=data)
-    with pytest.raises(TypeError, match="logits"):
+    with pytest.raises(ValueError, match="NoLogitsModel returns no loss when given labels.*register_head"):
         trainer.train()
+    register_head(NoLogitsModel, "classification")
+    try:
+        trainer = COTTrainer(model=NoLogitsModel(), args=make_args(out_dir), train_dataset=data)
+        with pytest.raises(TypeError, match="logits"):
+            trainer.train()
+    finally:
+        _REGISTERED.pop("NoLogitsModel")
 
 
 def test_labels_outside_the_classes_are_refused(out_dir):
@@ -377,7 +387,8 @@ class PoisonedComplementModel(torch.nn.Module):
             self.calls += 1
             if self.poison and self.calls % 2 == 0:
                 logits = logits * float("nan")
-        return SequenceClassifierOutput(logits=logits)
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
 def test_non_finite_complement_loss_is_skipped_and_counted(out_dir):

@@ -105,6 +105,14 @@ class COTArgs(BaseModel):
     complement_normalization: str = _key("complement_normalization")
     complement_every: int = _key("complement_every")
     cot_fused_lm_head: bool | None = _key("cot_fused_lm_head")
+    class_weights: list[float] | None = _key("class_weights")
+
+    @field_validator("class_weights")
+    @classmethod
+    def _no_class_weights(cls, value):
+        if value is not None:  # axolotl fine-tunes language models, whose classes are the vocabulary
+            raise ValueError("class_weights apply to classification heads; axolotl trains language models: remove it")
+        return value
 
     @field_validator("cot_mode", mode="before")
     @classmethod
