@@ -91,8 +91,8 @@ def engine_kwargs(engine: str) -> dict:
 
 class HeadCalls:
     """Counts runs of ``nn.Linear.forward`` on one module (the LM head): the materialized logits. Not counted: the
-    first batch's check against the model's own loss (`hf_cot.alignment_check`: one row, without gradients), which
-    builds one row's logits on purpose."""
+    first batch's check against the model's own loss (`hf_cot.alignment_check`: two rows, without gradients), whose
+    own forward builds two rows' logits on purpose."""
 
     def __init__(self):
         self.head, self.count = None, 0
@@ -100,7 +100,7 @@ class HeadCalls:
         counter = self
 
         def forward(module, x):
-            if module is counter.head and not (x.shape[0] == 1 and not torch.is_grad_enabled()):
+            if module is counter.head and not (x.shape[0] == 2 and not torch.is_grad_enabled()):
                 counter.count += 1
             return counter._original(module, x)
 
