@@ -31,15 +31,10 @@ from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
 
 from .alignment_check import FirstBatchCheck
 from .alternating import COTAlternatingMixin
+from .argument_conversion import given_arguments, with_cot_arguments
 from .complement_optimizer import check_alternating_supported
 from .complement_step import ComplementStep
-from .config import (
-    COTArgumentsMixin,
-    COTSeq2SeqTrainingArguments,
-    COTTrainingArguments,
-    given_arguments,
-    with_cot_arguments,
-)
+from .config import COTArgumentsMixin, COTSeq2SeqTrainingArguments, COTTrainingArguments
 from .fused_lm_head import install_fused_lm_head, use_fused_lm_head
 from .heads import head_for
 from .model_card import PAPER, TAGS, add_cot_section, merge_tags

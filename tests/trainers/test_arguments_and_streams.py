@@ -3,7 +3,7 @@
 Arguments: a `TrainingArguments` without the COT fields (transformers' two classes, TRL's `SFTConfig`, a user's
 subclass with fields of its own) keeps its class, fields and values, tokens included (`to_dict` masks every
 ``*_token``), in a COT subclass of its class; the caller's object is left as it is; the result pickles (the Trainer's
-training_args.bin) and deep-copies (`hf_cot.config.as_cot_arguments`).
+training_args.bin) and deep-copies (`hf_cot.argument_conversion.as_cot_arguments`).
 
 Random streams: the alternating mode's complement step draws from torch, numpy and Python streams of its own, saved
 with the checkpoint, so that the run's CE steps see the masks a plain run sees (Wav2Vec2's SpecAugment draws from
@@ -33,7 +33,7 @@ from hf_cot import (
     COTTrainer,
     COTTrainingArguments,
 )
-from hf_cot.config import as_cot_arguments, cot_arguments_class
+from hf_cot.argument_conversion import as_cot_arguments, cot_arguments_class
 from hf_cot.random_streams import capture_streams, restore_streams, seed_streams, untouched_random_streams
 from testing_utils import classification_data, max_param_diff, prompt_completion, tiny_bert, tiny_llama, word_tokenizer
 
