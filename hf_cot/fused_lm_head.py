@@ -7,11 +7,14 @@ one, and projects through ``get_output_embeddings()`` chunk by chunk (`hf_cot.li
 the original forward runs, so generation and evaluation with logits are unchanged.
 
 Which models qualify (`fused_lm_head_problem` says why one does not): a causal LM whose head is a plain
-``nn.Linear`` that is a direct child of the model, applied to the backbone's ``last_hidden_state`` with at most the
-logit transforms TRL knows (a scale under one of four config names, final soft-capping). Heads with more layers
-(``BertLMHeadModel``'s transform), quantized or PEFT-wrapped heads, label smoothing and FSDP1 keep the materialized
-path. Mixture-of-experts models that add a router load-balancing loss get it computed from the backbone's router
-logits, as their own forward (and TRL's fused forward) computes it (``FusedCOTOutput.aux_loss``).
+``nn.Linear`` that is a direct child of the model, applied to the backbone's ``last_hidden_state``, whose forward
+computes nothing between the backbone and its loss that the fused head does not reproduce: a scale of the hidden
+state, a scale and a soft cap of the logits, the first N rows of the head (`hf_cot.head_transforms`: one table keyed
+by class, values read on the instance). Heads with more layers (``BertLMHeadModel``'s transform), quantized or
+PEFT-wrapped heads, forwards the table refuses (Chameleon masks logits, Bamba's z-loss when on), label smoothing and
+FSDP1 keep the materialized path; a transform no table knows is caught on the first batch (`hf_cot.alignment_check`).
+Mixture-of-experts models that add a router load-balancing loss get it computed from the backbone's router logits,
+as their own forward (and TRL's fused forward) computes it (``FusedCOTOutput.aux_loss``).
 
 Sharded heads (`_project`): the projection runs where each engine's own machinery gathers the head's weight for the
 forward *and* the backward and reduces its gradient, instead of reading whatever the weight happens to be:
@@ -29,6 +32,7 @@ forward *and* the backward and reduces its gradient, instead of reading whatever
 from __future__ import annotations
 
 import functools
+import inspect
 import types
 from dataclasses import dataclass
 
@@ -36,6 +40,7 @@ import torch
 from torch import nn
 from transformers.utils import ModelOutput, logging
 
+from .head_transforms import HeadTransform, HeadTransformError, head_transform, router_loss_weight
 from .linear_losses import linear_complement_terms
 from .modeling import base_model, shifts_labels, text_config
 
@@ -54,22 +59,6 @@ class FusedCOTOutput(ModelOutput):
     valid: torch.Tensor | None = None
     vocab_size: int | None = None
     aux_loss: torch.Tensor | None = None  # mixture-of-experts: the router load-balancing loss, unweighted
-
-
-def logit_transform(model) -> tuple[float, float | None]:
-    """``(logit_scale, final_logit_softcapping)`` the model applies after its head (TRL 1.16's list of config names)."""
-    config = text_config(model)
-    softcap = getattr(config, "final_logit_softcapping", None)
-    scale = getattr(config, "logit_scale", None)  # Cohere; None on models that do not scale (MPT)
-    if scale is None:
-        scale = getattr(config, "output_multiplier", None)
-    if scale is None:
-        scale = getattr(config, "lm_head_multiplier", None)  # Falcon-H1
-    if (
-        scale is None and getattr(config, "logits_scaling", None) is not None
-    ):  # Granite divides, HyperCLOVA X multiplies
-        scale = config.logits_scaling if config.model_type == "hyperclovax" else 1 / config.logits_scaling
-    return (1.0 if scale is None else float(scale)), (None if softcap is None else float(softcap))
 
 
 def is_plain_linear(head) -> bool:
@@ -106,6 +95,10 @@ def fused_lm_head_problem(model, *, label_smoothing: float = 0.0, distributed: s
             f"{type(base).__name__} does not apply its head directly to the backbone's last hidden state "
             f"(modules with weights besides backbone and head: {extra or 'the head is nested'})"
         )
+    try:
+        head_transform(base)
+    except HeadTransformError as err:
+        return f"{type(base).__name__}'s forward {err}"
     if label_smoothing > 0:
         return "label_smoothing_factor > 0 needs every logit of the cross-entropy"
     if distributed:  # the engine's reason, e.g. FSDP1's flat parameters
@@ -151,17 +144,36 @@ def install_fused_lm_head(model) -> None:
     """Wrap the model's forward (on the instance, once) to accept ``cot_fused_lm_head=True``.
 
     The wrapper is a `functools.partial` of a module-level function over the model, the forward it replaces and the
-    logit transform - no closure over the instance - so that ``copy.deepcopy`` and pickling give a copy whose forward
-    (ordinary and fused) computes with the *copy's* parameters (deepcopy maps the partial's arguments to the copy).
+    `HeadTransform` (a frozen dataclass of numbers) - no closure over the instance - so that ``copy.deepcopy`` and
+    pickling give a copy whose forward (ordinary and fused) computes with the *copy's* parameters (deepcopy maps the
+    partial's arguments to the copy). Raises `HeadTransformError` where the table refuses the model's forward
+    (`fused_lm_head_problem` says so first).
     """
     base = base_model(model)
     if is_installed(base):
         return
-    logit_scale, softcap = logit_transform(model)
-    forward = functools.partial(_forward, base, base.forward, logit_scale, softcap)
+    transform = head_transform(base)
+    forward = functools.partial(_forward, base, base.forward, transform)
     # The original signature is kept: `generate` validates its keyword arguments against it.
     functools.update_wrapper(forward, base.forward)
     base.forward = forward
+
+
+def uninstall_fused_lm_head(model) -> bool:
+    """Put back the forward `install_fused_lm_head` replaced (the logits path again); False where none was
+    installed. A forward that was itself set on the instance (accelerate's output conversion) is restored as it was."""
+    base = base_model(model)
+    if not is_installed(base):
+        return False
+    original = base.__dict__["forward"].args[1]
+    bound_class_forward = getattr(original, "__self__", None) is base and getattr(
+        original, "__func__", None
+    ) is getattr(type(base), "forward", None)
+    if bound_class_forward:
+        del base.forward  # the class's forward shows through again
+    else:
+        base.forward = original
+    return True
 
 
 def is_installed(model) -> bool:
@@ -169,20 +181,20 @@ def is_installed(model) -> bool:
     return isinstance(forward, functools.partial) and forward.func is _forward
 
 
-def _forward(
-    self, original_forward, logit_scale, softcap, *args, cot_fused_lm_head=False, labels=None, shift_labels=None, **kw
-):
+def _forward(self, original_forward, transform, *args, cot_fused_lm_head=False, labels=None, shift_labels=None, **kw):
     if not cot_fused_lm_head:
         for key, value in (("labels", labels), ("shift_labels", shift_labels)):
             if value is not None:
                 kw[key] = value
         return original_forward(*args, **kw)
-    kw["use_cache"] = False
+    backbone_module = backbone_of(self)  # looked up on every call: PEFT injects its layers after installation
+    if _accepts(type(backbone_module), "use_cache"):  # no cache to build (OpenAI GPT's backbone takes no use_cache)
+        kw["use_cache"] = False
     config = text_config(self)
-    if getattr(config, "output_router_logits", False):  # like the model's own forward
+    router_weight = router_loss_weight(self)  # 0 where the forward adds no router loss
+    if router_weight:  # the router logits, as the model's own forward asks for them
         kw.setdefault("output_router_logits", True)
-    # Looked up on every call: PEFT injects its layers into the backbone after installation.
-    backbone = backbone_of(self)(*args, **kw)
+    backbone = backbone_module(*args, **kw)
     # pre-shifted labels (context parallelism) are scored as they are; plain labels are shifted by one
     hidden = backbone.last_hidden_state if shift_labels is not None else backbone.last_hidden_state[:, :-1]
     labels = shift_labels if shift_labels is not None else labels[:, 1:]
@@ -193,51 +205,68 @@ def _forward(
             f"the fused LM head needs a plain nn.Linear head, got {type(head).__name__} (wrapped after the trainer "
             "was built?): set --cot_fused_lm_head false"
         )
-    terms = _project(head, hidden, labels, logit_scale, softcap)
-    aux_loss = _router_loss(self, config, backbone, kw) if kw.get("output_router_logits") else None
-    return FusedCOTOutput(**terms, vocab_size=head.out_features, aux_loss=aux_loss)
+    if transform.hidden_scale != 1.0:  # before the head, in the hidden state's dtype, as the forward scales it
+        hidden = hidden * transform.hidden_scale
+    terms = _project(head, hidden, labels, transform)
+    aux_loss = None
+    if router_weight and getattr(backbone, "router_logits", None) is not None:
+        aux_loss = _router_loss(self, config, backbone, kw)
+    vocab = head.out_features if transform.vocab_limit is None else min(transform.vocab_limit, head.out_features)
+    return FusedCOTOutput(**terms, vocab_size=vocab, aux_loss=aux_loss)
+
+
+@functools.lru_cache(maxsize=64)
+def _accepts(module_class, name: str) -> bool:
+    parameters = inspect.signature(module_class.forward).parameters
+    return name in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def _router_loss(model, config, backbone_outputs, kwargs) -> torch.Tensor:
-    """The load-balancing loss the model's own forward computes from its router logits (Mixtral's function, which
-    the other mixture-of-experts families of transformers share), read as TRL 1.16's fused forward reads it."""
-    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+    """The load-balancing loss the model's own forward computes from its router logits: its module's
+    ``load_balancing_loss_func`` (Mixtral's, which the other mixture-of-experts families of transformers copy with
+    its four arguments; Doge's own is refused by the table), expert counts read as TRL 1.16 reads them."""
+    function = inspect.unwrap(type(model).forward).__globals__.get("load_balancing_loss_func")
+    if function is None:
+        from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func as function
 
     # transformers 4.x keeps the expert counts on the model (Mixtral's config says num_local_experts), 5.x on the config
     num_experts = getattr(model, "num_experts", None) or getattr(config, "num_experts", None)
     num_experts = num_experts or config.num_local_experts
     top_k = getattr(model, "num_experts_per_tok", None) or config.num_experts_per_tok
-    return load_balancing_loss_func(backbone_outputs.router_logits, num_experts, top_k, kwargs.get("attention_mask"))
+    return function(backbone_outputs.router_logits, num_experts, top_k, kwargs.get("attention_mask"))
 
 
 _FSDP_METHOD = "_hf_cot_complement_terms"
 
 
-def _head_terms(head, hidden, labels, logit_scale: float, softcap: float | None) -> dict:
-    weight = head.weight
+def _head_terms(head, hidden, labels, transform: HeadTransform) -> dict:
+    weight, bias = head.weight, head.bias
     if type(weight) not in (nn.Parameter, torch.Tensor) or weight.numel() != head.in_features * head.out_features:
         raise TypeError(
             f"the fused LM head found its weight sharded ({type(weight).__name__} of {weight.numel()} elements for a "
             f"{head.out_features} x {head.in_features} head) although the engine should have gathered it: the head "
             "shares its weight with a module of another FSDP unit? Set --cot_fused_lm_head false"
         )
+    if transform.vocab_limit is not None:  # the forward keeps the first N logits: the head's first N rows
+        weight = weight[: transform.vocab_limit]
+        bias = None if bias is None else bias[: transform.vocab_limit]
     return linear_complement_terms(
         hidden.to(weight.device),
         weight,
         labels.to(weight.device),
-        bias=head.bias,
-        logit_scale=logit_scale,
-        final_logit_softcapping=softcap,
+        bias=bias,
+        logit_scale=transform.logit_scale,
+        final_logit_softcapping=transform.softcap,
     )
 
 
-def _project(head, hidden, labels, logit_scale: float, softcap: float | None) -> dict:
+def _project(head, hidden, labels, transform: HeadTransform) -> dict:
     """`linear_complement_terms` through ``head``, with its weight gathered by the engine that shards it (module
     docstring). Nothing is left on the head afterwards: the temporary attributes are removed."""
     from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
 
     def terms(module, hidden, labels):
-        return _head_terms(module, hidden, labels, logit_scale, softcap)
+        return _head_terms(module, hidden, labels, transform)
 
     if isinstance(head, FSDPModule):
         setattr(head, _FSDP_METHOD, types.MethodType(terms, head))

@@ -9,6 +9,7 @@ import warnings
 
 import torch
 
+from .head_transforms import router_loss_weight
 from .heads import Head, UnsupportedHeadError, base_model, head_for
 from .objective import label_weights
 
@@ -211,11 +212,10 @@ def text_config(model):
 
 def router_aux_loss_coef(model) -> float:
     """The weight a mixture-of-experts model gives its router load-balancing loss in its own loss (0 when it adds
-    none): ``router_aux_loss_coef`` when its (text) config has ``output_router_logits`` on."""
-    config = text_config(model)
-    if not getattr(config, "output_router_logits", False):
-        return 0.0
-    return float(getattr(config, "router_aux_loss_coef", 0.0) or 0.0)
+    none): ``router_aux_loss_coef`` when its (text) config has ``output_router_logits`` on, or the attribute its
+    class's forward reads instead (`hf_cot.head_transforms.ROUTER_LOSS_WEIGHTS`: JetMoE's ``aux_loss_coef``, DBRX's
+    ``moe_loss_weight`` on transformers 4.x; none for Llama 4, whose forward adds no router loss)."""
+    return router_loss_weight(base_model(model))
 
 
 def count_valid(labels: list[torch.Tensor], shift: bool, class_weights: torch.Tensor | None = None) -> torch.Tensor:

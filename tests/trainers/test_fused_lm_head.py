@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from hf_cot import COTTrainer, COTTrainingArguments
-from hf_cot.fused_lm_head import fused_lm_head_problem, logit_transform
+from hf_cot.fused_lm_head import fused_lm_head_problem
+from hf_cot.head_transforms import HeadTransform, head_transform
 from testing_utils import batch_of, causal_lm_data, max_param_diff, tiny_causal_lm, tiny_token_classifier
 
 MODES = ["joint", "guided", "alternating"]
@@ -80,8 +81,8 @@ def test_gradient_checkpointing_through_the_backbone(tmp_path):
 @pytest.mark.parametrize("kind", ["gemma2", "cohere"])
 def test_soft_capping_and_logit_scale_are_applied(kind, tmp_path):
     model = _tiny(kind)
-    scale, cap = logit_transform(model)
-    assert (scale, cap) == ((1.0, 0.7) if kind == "gemma2" else (0.25, None))
+    expected = HeadTransform(softcap=0.7) if kind == "gemma2" else HeadTransform(logit_scale=0.25)
+    assert head_transform(model) == expected
     data = causal_lm_data(n=8, seed=2)
     fused = _train(copy.deepcopy(model), tmp_path / "f", data, cot_mode="joint")
     plain = _train(model, tmp_path / "m", data, cot_mode="joint", cot_fused_lm_head=False)
