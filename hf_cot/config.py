@@ -209,7 +209,7 @@ class COTArgumentsMixin:
             or self.complement_every < 1
         ):
             raise ValueError(f"--complement_every must be an integer >= 1, got {self.complement_every!r}")
-        self._validate_class_weights()
+        COTArgumentsMixin._validate_class_weights(self)  # a plain call: axolotl validates a namespace of the fields
 
     def _validate_class_weights(self) -> None:
         weights = self.class_weights

@@ -329,8 +329,12 @@ def test_every_cot_field_is_settable_from_yaml(root):
         "complement_normalization": "paper",
         "complement_every": 2,
         "cot_fused_lm_head": False,
+        "class_weights": None,
     }
     assert set(COT_FIELDS) == set(COTPlugin().get_training_args(cfg))
+    # class weights are for classification heads: an axolotl config (a language model) refuses them by name
+    with pytest.raises(Exception, match="class_weights apply to classification heads"):
+        _load(root, class_weights=[1.0, 2.0])
 
 
 def test_the_example_config_validates(root):
