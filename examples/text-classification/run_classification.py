@@ -17,6 +17,12 @@ COT vs the plain Trainer: this script differs from a plain-`Trainer` script in t
 that brings them in; tests/examples/test_examples.py checks that. `--cot_mode off` makes `COTTrainer` defer every step to
 `transformers.Trainer`, i.e. the plain cross-entropy baseline; `--cot_mode joint` (default), `alternating` or
 `guided` pick the COT variant (see `python run_classification.py --help`).
+
+Imbalanced training (long_tail.py): `--imbalance_ratio 10` keeps floor(n_max * 10^(-i/(K-1))) training examples of
+class i (class 0 the most frequent, n_max = the smallest class's count; drawn with `--imbalance_seed`), before
+`--max_train_samples`; `--class_weights_from_train inverse_frequency` sets hf-cot's `class_weights` from the training
+counts (inverse frequency, mean 1). Both write `train_class_counts.json` and add `tail_recall` (the rarest 30 % of the
+classes' mean recall) to the metrics, next to balanced accuracy, each class's recall, ECE and NLL.
 """
 
 import json
@@ -127,6 +133,24 @@ class DataTrainingArguments:
             "'margin' (best wrong logit minus the gold logit). Results: pgd_{loss}_accuracy_eps_{epsilon}."
         },
     )
+    imbalance_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "Make the training split long-tailed: class i (label-id order) keeps floor(n_max * "
+            "ratio^(-i/(K-1))) examples, n_max = the smallest class's count, drawn with --imbalance_seed; validation "
+            "and test are left as they are. Applied before --max_train_samples."
+        },
+    )
+    imbalance_seed: int = field(
+        default=0, metadata={"help": "Which examples --imbalance_ratio keeps (fixed, whatever --seed is)."}
+    )
+    class_weights_from_train: str | None = field(
+        default=None,
+        metadata={
+            "help": "'inverse_frequency': set --class_weights to 1 / (training examples of the class), normalized "
+            "to mean 1, counted on the training set actually used (after --imbalance_ratio / --max_train_samples)."
+        },
+    )
 
     def __post_init__(self):
         if self.dataset_name is not None and self.train_file is not None:
@@ -146,6 +170,12 @@ class DataTrainingArguments:
             )
         if self.pgd_steps < 1:
             raise ValueError(f"--pgd_steps must be >= 1, got {self.pgd_steps}")
+        if self.imbalance_ratio is not None and not self.imbalance_ratio >= 1:
+            raise ValueError(f"--imbalance_ratio must be >= 1 (n_max / n_min), got {self.imbalance_ratio}")
+        if self.class_weights_from_train not in (None, "inverse_frequency"):
+            raise ValueError(
+                f"--class_weights_from_train takes 'inverse_frequency', got {self.class_weights_from_train!r}"
+            )
 
 
 def load_raw_datasets(model_args, data_args) -> datasets.DatasetDict:
@@ -240,7 +270,9 @@ def preprocess_datasets(raw_datasets, tokenizer, label_list, data_args, training
                 desc=f"Running tokenizer on {split}",
             )
 
-    train = select("train", data_args.max_train_samples) if training_args.do_train else None
+    # --imbalance_ratio subsamples the whole training split first; imbalance_training_split truncates after it.
+    limit = data_args.max_train_samples if data_args.imbalance_ratio is None else None
+    train = select("train", limit) if training_args.do_train else None
     evaluation = select("validation", data_args.max_eval_samples) if training_args.do_eval else None
     predict = select("test", data_args.max_predict_samples) if training_args.do_predict else None
     if predict is not None and "label" in predict.column_names and -1 in predict.unique("label"):
@@ -248,17 +280,59 @@ def preprocess_datasets(raw_datasets, tokenizer, label_list, data_args, training
     return train, evaluation, predict
 
 
-def build_compute_metrics(num_labels):
+def imbalance_training_split(preprocessed, label_list, data_args, training_args):
+    """``--imbalance_ratio``: the long-tailed training split; ``--class_weights_from_train``: the class weights (set in
+    ``training_args``). ``preprocessed`` is the tokenized training split (labels as ids). Returns (the training split,
+    the tail classes for ``tail_recall`` or None when neither option is given)."""
+    train = preprocessed
+    if train is None or (data_args.imbalance_ratio is None and data_args.class_weights_from_train is None):
+        return train, None
+    from long_tail import class_counts, inverse_frequency_weights, long_tail_indices, tail_classes
+
+    if data_args.imbalance_ratio is not None:
+        keep = long_tail_indices(train["label"], len(label_list), data_args.imbalance_ratio, data_args.imbalance_seed)
+        train = train.select(keep)
+        if data_args.max_train_samples is not None:
+            train = train.select(range(min(data_args.max_train_samples, len(train))))
+    counts = class_counts(train["label"], len(label_list))
+    if data_args.class_weights_from_train is not None:
+        if not hasattr(training_args, "class_weights"):  # the plain-Trainer version of this script
+            raise ValueError("--class_weights_from_train sets hf-cot's class_weights: it needs COTTrainingArguments")
+        if training_args.class_weights is not None:
+            raise ValueError("Pass either --class_weights or --class_weights_from_train, not both.")
+        if training_args.label_smoothing_factor > 0:
+            raise ValueError("--class_weights_from_train cannot be combined with --label_smoothing_factor > 0 "
+                             "(hf-cot refuses class weights with label smoothing).")  # fmt: skip
+        training_args.class_weights = inverse_frequency_weights(counts)
+    tail = tail_classes(counts)
+    info = {"imbalance_ratio": data_args.imbalance_ratio, "labels": list(label_list), "counts": counts,
+            "tail_classes": tail, "class_weights": training_args.class_weights}  # fmt: skip
+    logger.info(f"Training split per class: {info}")
+    if training_args.should_save:
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        with open(os.path.join(training_args.output_dir, "train_class_counts.json"), "w") as f:
+            json.dump(info, f, indent=2)
+    return train, tail
+
+
+def build_compute_metrics(num_labels, tail=None):
+    """Accuracy, macro-F1, balanced accuracy and per-class recall, ECE / NLL, complement entropy; with ``tail`` (the
+    rarest training classes' ids) also ``tail_recall``, their mean recall."""
     classification = cot_metrics.load("classification_metrics")
     complement = cot_metrics.load("complement_entropy")
 
     def compute_metrics(eval_pred):
         logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
         labels = eval_pred.label_ids
-        # labels=range(K): a class missing from a small evaluation set still counts in macro-F1 (as F1 = 0)
+        # labels=range(K): a class missing from a small evaluation set still counts in macro-F1 (as F1 = 0);
+        # logits: + expected calibration error and NLL (comparable across label smoothing, unlike the loss);
+        # per_class: balanced accuracy and recall_<id>, what an imbalanced training set hides from accuracy.
         result = classification.compute(
-            predictions=np.argmax(logits, axis=-1), references=labels, labels=list(range(num_labels)), logits=logits
-        )  # logits: + expected calibration error and NLL (comparable across label smoothing, unlike the loss)
+            predictions=np.argmax(logits, axis=-1), references=labels, labels=list(range(num_labels)), logits=logits,
+            per_class=True,
+        )  # fmt: skip
+        if tail:
+            result["tail_recall"] = float(np.mean([result[f"recall_{c}"] for c in tail]))
         # How flat the model keeps the wrong classes: what COT maximizes (higher = flatter complement).
         result.update(complement.compute(predictions=logits, references=labels))
         return result
@@ -396,13 +470,14 @@ def main(argv=None):
     label_list = get_label_list(raw_datasets, data_args.label_column_name)
     model, tokenizer = load_model_and_tokenizer(model_args, label_list)
     train, evaluation, predict = preprocess_datasets(raw_datasets, tokenizer, label_list, data_args, training_args)
+    train, tail = imbalance_training_split(train, label_list, data_args, training_args)
 
     trainer = COTTrainer(
         model=model,
         args=training_args,
         train_dataset=train,
         eval_dataset=evaluation,
-        compute_metrics=build_compute_metrics(len(label_list)),
+        compute_metrics=build_compute_metrics(len(label_list), tail),
         processing_class=tokenizer,
         data_collator=build_data_collator(tokenizer, data_args, training_args),
     )

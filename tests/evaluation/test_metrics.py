@@ -78,6 +78,37 @@ def test_accuracy_and_macro_f1_by_hand(classification):
     assert with_absent["macro_f1"] == pytest.approx(59 / 120)
 
 
+def test_balanced_accuracy_and_per_class_recall_by_hand(classification):
+    """per_class=True (issue #34: imbalanced data): the mean recall over the references' classes and each recall."""
+    references = [0, 0, 0, 0, 1, 1, 2]
+    predictions = [0, 0, 0, 1, 1, 2, 0]
+    # recall: class 0 3/4, class 1 1/2, class 2 0/1 -> balanced accuracy (3/4 + 1/2 + 0) / 3 = 5/12; accuracy 4/7.
+    result = classification.compute(predictions=predictions, references=references, per_class=True)
+    assert result["accuracy"] == pytest.approx(4 / 7)
+    assert result["balanced_accuracy"] == pytest.approx(5 / 12)
+    assert {k: v for k, v in result.items() if k.startswith("recall_")} == pytest.approx(
+        {"recall_0": 3 / 4, "recall_1": 1 / 2, "recall_2": 0.0}
+    )
+    assert result["balanced_accuracy"] == pytest.approx(
+        sklearn_metrics.balanced_accuracy_score(references, predictions)
+    )
+    # `labels` names the recall keys; a class absent from the references has recall 0 (and no balanced-accuracy vote).
+    named = classification.compute(predictions=predictions, references=references, labels=[0, 1, 2, 3], per_class=True)
+    assert named["recall_3"] == 0.0 and named["balanced_accuracy"] == pytest.approx(5 / 12)
+    # Off by default: the upstream scripts' calls return what they returned.
+    assert set(classification.compute(predictions=predictions, references=references)) == {"accuracy", "macro_f1"}
+    with_logits = classification.compute(
+        predictions=[0, 1], references=[0, 1], logits=[[2.0, 0.0], [0.0, 2.0]], per_class=True
+    )
+    assert set(with_logits) == {"accuracy", "macro_f1", "balanced_accuracy", "recall_0", "recall_1", "ece", "nll"}
+
+
+def test_multilabel_refuses_per_class(tmp_path):
+    multilabel = metrics.load("classification_metrics", config_name="multilabel", cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="single-label predictions only"):
+        multilabel.compute(predictions=[[1, 0]], references=[[1, 0]], average="micro", per_class=True)
+
+
 def test_perfect_classification(classification):
     result = classification.compute(predictions=[3, 1, 4], references=[3, 1, 4])
     assert result == {"accuracy": 1.0, "macro_f1": 1.0}

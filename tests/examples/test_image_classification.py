@@ -191,9 +191,10 @@ def test_digits_plans_run_and_summarize(tmp_path, capsys):
     diffs = [(results["digits_sgd", "alternating", s]["predict_error"] - results["digits_sgd", "ce", s]["predict_error"])
              * 100 for s in (0, 1)]  # fmt: skip
     paired_row = next(line for line in section.splitlines() if line.startswith("| alternating | ") and "(" in line)
-    wins = sum(d < 0 for d in diffs)  # lower error is ahead
+    wins, ties = sum(d < 0 for d in diffs), sum(d == 0 for d in diffs)  # lower error is ahead; ties counted apart
     cell = paired_row.split(" | ")[2]
-    assert cell == f"{statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs):.2f} ({wins}/2)"
+    tied = f", {ties} tied" if ties else ""
+    assert cell == f"{statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs):.2f} ({wins}/2{tied})"
     assert "Test error per seed" in section
 
 

@@ -19,13 +19,15 @@ upstream scripts' calls (class ids only) keep working and return what they retur
 import datasets
 import evaluate
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score
+from sklearn.utils.multiclass import unique_labels
 
 _DESCRIPTION = """
 Accuracy (fraction of predictions equal to the reference) and macro-F1 (unweighted mean over classes of the
 per-class F1 = 2 * precision * recall / (precision + recall); a class with no true or predicted example scores 0).
 Given the model's logits or probabilities, also the expected calibration error (ECE: 15 equal-width bins of the
-top-class confidence, the max softmax probability) and the negative log-likelihood of the gold class (NLL).
+top-class confidence, the max softmax probability) and the negative log-likelihood of the gold class (NLL). With
+``per_class=True``, also the balanced accuracy (mean recall over the classes of the references) and each class's recall.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -45,6 +47,8 @@ Args:
     probabilities (array of shape ``[N, K]``, optional): class probabilities instead of logits (rows must be
         non-negative and sum to 1 within 1e-3). Pass at most one of ``logits`` / ``probabilities``.
     n_bins (`int`, default 15): the number of confidence bins of the ECE.
+    per_class (`bool`, default False): add ``balanced_accuracy`` and ``recall_<label>`` per class (single-label
+        only). Off by default so that the upstream scripts' calls return what they returned.
 Returns:
     accuracy (`float`): in [0, 1]; for multilabel, the fraction of examples whose whole row is right.
     macro_f1 (`float`): in [0, 1] (``micro_f1`` / ``weighted_f1`` / ``samples_f1`` with that ``average``).
@@ -55,6 +59,10 @@ Returns:
         ``|bin| / N * |accuracy(bin) - mean confidence(bin)|`` (Naeini et al., 2015; Guo et al., 2017).
     nll (`float`, with logits or probabilities): mean over examples of ``-log p(reference)``, in nats, lower is
         better (a zero probability is clipped to float64 machine epsilon, as scikit-learn's ``log_loss`` does).
+    balanced_accuracy (`float`, with ``per_class=True``): scikit-learn's ``balanced_accuracy_score``, the mean over
+        the classes present in the references of their recall (a class never predicted counts as recall 0).
+    recall_<label> (`float`, with ``per_class=True``): the recall of each class of ``labels`` (default: the classes
+        in predictions or references), e.g. ``recall_0``; 0 for a class absent from the references.
 Examples:
     >>> metric = hf_cot.metrics.load("classification_metrics")
     >>> metric.compute(predictions=[0, 1, 1, 2], references=[0, 1, 2, 2])
@@ -64,6 +72,9 @@ Examples:
     {'accuracy': 0.5, 'micro_f1': 0.8}
     >>> metric.compute(predictions=[0, 1], references=[0, 0], probabilities=[[0.9, 0.1], [0.4, 0.6]])
     {'accuracy': 0.5, 'macro_f1': 0.3333333333333333, 'ece': 0.35, 'nll': 0.5108256237659906}
+    >>> metric.compute(predictions=[0, 0, 1, 1], references=[0, 0, 0, 1], per_class=True)
+    {'accuracy': 0.75, 'macro_f1': 0.7333333333333334, 'balanced_accuracy': 0.8333333333333333,
+     'recall_0': 0.6666666666666666, 'recall_1': 1.0}
 """
 
 CONFIGS = ("default", "multilabel")
@@ -167,7 +178,15 @@ class ClassificationMetrics(evaluate.Metric):
         )
 
     def _compute(
-        self, predictions, references, labels=None, average="macro", logits=None, probabilities=None, n_bins=15
+        self,
+        predictions,
+        references,
+        labels=None,
+        average="macro",
+        logits=None,
+        probabilities=None,
+        n_bins=15,
+        per_class=False,
     ):
         if average not in AVERAGES[self.config_name]:
             raise ValueError(
@@ -178,6 +197,15 @@ class ClassificationMetrics(evaluate.Metric):
             "accuracy": float(accuracy_score(references, predictions)),
             f"{average}_f1": float(f1_score(references, predictions, labels=labels, average=average, zero_division=0)),
         }
+        if per_class:
+            if self.config_name == "multilabel":
+                raise ValueError("classification_metrics (multilabel): per_class is for single-label predictions only")
+            # Why: on imbalanced data accuracy hides the rare classes; their recall is what class weights and the
+            # complement objective are claimed to improve.
+            result["balanced_accuracy"] = float(balanced_accuracy_score(references, predictions))
+            classes = list(labels) if labels is not None else unique_labels(references, predictions).tolist()
+            recalls = recall_score(references, predictions, labels=classes, average=None, zero_division=0)
+            result.update({f"recall_{label}": float(r) for label, r in zip(classes, recalls, strict=True)})
         if logits is None and probabilities is None:
             return result
         if self.config_name == "multilabel":
