@@ -45,7 +45,7 @@ pinned_ok() {
     && { [ -z "${HF_COT_ACCELERATE:-}" ] || is_version accelerate "$HF_COT_ACCELERATE"; }
 }
 if [ "$PROFILE" = demo ]; then
-  if ! python -c "import hf_cot, transformers, accelerate, datasets, evaluate, sacrebleu, sklearn, sentencepiece" 2>/dev/null \
+  if ! python -c "import hf_cot, transformers, accelerate, datasets, evaluate, sacrebleu, sklearn, sentencepiece, mlxtend" 2>/dev/null \
      || ! pinned_ok; then
     echo "[setup] installing hf-cot[examples] $PIN"
     pipq -e ".[examples]" $PIN
@@ -60,7 +60,7 @@ else
     echo "[setup] installing $DEEPSPEED"
     pipq --no-build-isolation "$DEEPSPEED"
   fi
-  if ! python -c "import hf_cot, pytest, evaluate, sacrebleu, sklearn, datasets, sentencepiece, peft, optuna, hypothesis, twine, bitsandbytes, galore_torch, apollo_torch, lomo_optim, schedulefree, grokadamw, optimi, trl, deepspeed" 2>/dev/null \
+  if ! python -c "import hf_cot, pytest, evaluate, sacrebleu, sklearn, datasets, sentencepiece, mlxtend, peft, optuna, hypothesis, twine, bitsandbytes, galore_torch, apollo_torch, lomo_optim, schedulefree, grokadamw, optimi, trl, deepspeed" 2>/dev/null \
      || [ "$(python -m ruff --version 2>/dev/null)" != "ruff $RUFF" ] || ! pinned_ok; then
     echo "[setup] installing hf-cot[test,examples] $PIN"
     pipq -e ".[test,examples]" $PIN
