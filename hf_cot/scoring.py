@@ -15,12 +15,11 @@ from dataclasses import dataclass
 import torch
 
 from .fused_lm_head import FusedCOTOutput
-from .modeling import aligned_targets, router_aux_loss_coef, split_labels
+from .modeling import aligned_targets, count_valid, router_aux_loss_coef, split_labels
 from .objective import (
     ModeSums,
     combine_targets,
     eval_entropy_sums,
-    label_weights,
     sums_from_logits,
     sums_from_terms,
 )
@@ -82,7 +81,7 @@ def score_batch(
         entropy = (out.complement_entropy.detach().sum(1), out.valid.sum(1)) if per_sample_entropy else None
         return ScoredBatch(out, [sums], out.valid.sum().reshape(1), None, entropy)
     outputs, pairs = forward_targets(model, head_model, inputs, label_names)
-    sums, counts = [], []
+    sums = []
     for logits, labels in pairs:
         flat_logits, flat_labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
         sums.append(
@@ -95,17 +94,12 @@ def score_batch(
                 class_weights=class_weights,
             )
         )
-        counts.append(_count(flat_labels, class_weights))
     entropy = (
         eval_entropy_sums([(logits.detach(), labels) for logits, labels in pairs]) if per_sample_entropy else None
     )
-    return ScoredBatch(outputs, sums, torch.stack(counts), pairs[0][0].shape[-1], entropy)
-
-
-def _count(flat_labels: torch.Tensor, class_weights: torch.Tensor | None) -> torch.Tensor:
-    if class_weights is None:
-        return (flat_labels != -100).sum()
-    return label_weights(flat_labels, class_weights).sum()
+    # the labels are aligned already: no shift left to apply
+    counts = count_valid([labels for _, labels in pairs], False, class_weights)
+    return ScoredBatch(outputs, sums, counts, pairs[0][0].shape[-1], entropy)
 
 
 def reported_cross_entropy(scored: ScoredBatch) -> torch.Tensor:
