@@ -3,12 +3,14 @@
 offline tasks, several seeds, same budget; against label smoothing (every classification plan) and inverse-frequency
 class weights (the long-tailed plans); plus an ablation of the complement step size.
 
-Every run is one command of an example script (printed, and saved as `command.txt` next to its `all_results.json`
-with `wall_time.json`), so every number in RESULTS.md is traceable. Runs go to `--out` (default `studies/runs_local/`,
-git-ignored: the committed results under `studies/runs*/` are never touched or mistaken for yours). A run is skipped
-only when it finished *on this machine* with the same command: the marker is `compare_done.json`, written by
-`hf_cot.compare` (which executes each run) and never committed, so an interrupted study resumes where it stopped and a
-clean clone runs everything.
+A plan is a training command (an example script and its budget) and its variants; `run_study.py` hands both to
+`hf-cot compare` (`hf_cot.compare.main`: the variants are its arms, `ce` the baseline), which runs each (variant, seed)
+and writes the paired table `<out>/<plan>/compare.md`. Every run is one command of an example script, saved as
+`command.txt` (paths relative to the repository root) next to its `all_results.json` with `wall_time.json`, so every
+number in RESULTS.md is traceable. Runs go to `--out` (default `studies/runs_local/`, git-ignored: the committed
+results under `studies/runs*/` are never touched or mistaken for yours). A run is skipped only when it finished *on
+this machine* with the same command: the marker is compare's `compare_done.json`, never committed, so an interrupted
+study resumes where it stopped and a clean clone runs everything.
 
     python studies/run_study.py --plan bbc --seeds 0,1,2,3,4          # BBC News, 5 classes, MiniLM
     python studies/run_study.py --plan bbc_pgd --seeds 0,1,2 --jobs 2 # the same, + 10-step PGD (CE and margin loss)
@@ -19,6 +21,8 @@ clean clone runs everything.
     OMP_NUM_THREADS=1 python studies/run_study.py --plan sft --jobs 2  # es->en Bible, Llama from scratch, TRL SFT
     OMP_NUM_THREADS=1 python studies/run_study.py --plan digits_sgd --seeds 0,1,2,3,4    # from scratch: tiny ResNet,
     OMP_NUM_THREADS=1 python studies/run_study.py --plan digits_adamw --seeds 0,1,2,3,4  # digits (SGD as the paper / AdamW)
+    OMP_NUM_THREADS=1 python studies/run_study.py --plan digits_sgd_pgd50 --seeds 0,1,2,3,4    # the same models, PGD 50
+    OMP_NUM_THREADS=1 python studies/run_study.py --plan digits_adamw_pgd50 --seeds 0,1,2,3,4  # steps x 5 restarts
     OMP_NUM_THREADS=1 python studies/run_study.py --plan bbc_scratch --seeds 0,1,2       # MiniLM's architecture, random init
     OMP_NUM_THREADS=1 python studies/run_study.py --plan digits_lt100 --seeds 0,1,2,3,4  # long-tailed (ratio 100) digits,
     OMP_NUM_THREADS=1 python studies/run_study.py --plan digits_lt10 --seeds 0,1,2,3,4   # ratio 10; + class weights arms
@@ -27,8 +31,8 @@ clean clone runs everything.
     python studies/summarize.py --runs studies/runs_local --out studies/results_local  # your runs: tables + plots
     python studies/summarize.py                       # the committed runs (studies/runs) -> studies/results/
 
-`--extra` appends arguments to every run (e.g. `--bf16` on a GPU, or a tiny local model for a smoke test);
-`--jobs N` runs N runs at once (small models leave a GPU mostly idle: several processes share it well);
+`--extra` appends arguments to every run's command, before the variant's (e.g. `--bf16` on a GPU, or a tiny local model
+for a smoke test); `--jobs N` runs N runs at once (small models leave a GPU mostly idle: several processes share it well);
 `--dry_run` only prints. studies/gpu_session.sh is the script that ran the GPU part of the study.
 """
 
@@ -42,9 +46,9 @@ import random
 import shlex
 import sys
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 
-from hf_cot.compare import DEFAULT_ARMS, Run, completed, execute
+from hf_cot import compare
+from hf_cot.compare import DEFAULT_ARMS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSIFY = os.path.join(ROOT, "examples", "text-classification", "run_classification.py")
@@ -142,10 +146,19 @@ PGD_ATTACKS = ["--pgd_epsilons", "0.01,0.03,0.1", "--pgd_steps", "10", "--pgd_lo
 # From scratch, the paper's regime (issue #30): a tiny ResNet (random init) on scikit-learn's digits (8x8, K = 10;
 # 1,257 train / 360 test, fixed split), 60 epochs of batch 128 (600 steps), FGSM and 10-step PGD on the pixels
 # (intensities in [0, 1]; one grey level of the 17 is 0.0625).
-DIGITS_BUDGET = [
+DIGITS_TRAINING = [
     "--num_train_epochs", "60", "--per_device_train_batch_size", "128", "--per_device_eval_batch_size", "360",
     "--logging_steps", "50",
+]  # fmt: skip
+DIGITS_BUDGET = DIGITS_TRAINING + [
     "--fgsm_epsilons", "0.03,0.1,0.2", "--pgd_epsilons", "0.03,0.1,0.2", "--pgd_steps", "10", "--pgd_losses", "ce,margin",
+]  # fmt: skip
+# Gradient-masking check (issue 34): label smoothing (--cot_mode off --label_smoothing_factor 0.1) came out more robust
+# to 10-step PGD on digits than every COT mode, and label smoothing is known to mask gradients (attacks look weaker
+# than they are). The same training commands (same models, seed for seed), attacked by a stronger PGD: 50 steps, 5
+# random restarts (robust = survives all 5); FGSM dropped (the digits plans have it already).
+DIGITS_PGD50 = DIGITS_TRAINING + [
+    "--pgd_epsilons", "0.03,0.1,0.2", "--pgd_steps", "50", "--pgd_restarts", "5", "--pgd_losses", "ce,margin",
 ]  # fmt: skip
 # The official COT code's setting: SGD, momentum 0.9, weight decay 1e-4, lr 0.1 divided by 10 at 50 % and 75 % of
 # training (epochs 100 and 150 of 200 there), the same for the complement optimizer; its complement loss is divided by
@@ -188,6 +201,9 @@ PLANS = {
     # From scratch (issue #30): the paper's regime, next to the fine-tuning plans above.
     "digits_sgd": (IMAGE, CLASSIFY_ARMS, DIGITS_BUDGET + DIGITS_SGD),
     "digits_adamw": (IMAGE, CLASSIFY_ARMS, DIGITS_BUDGET + DIGITS_ADAMW),
+    # The two plans above, attacked by 50-step PGD with 5 random restarts (DIGITS_PGD50: the gradient-masking check).
+    "digits_sgd_pgd50": (IMAGE, CLASSIFY_ARMS, DIGITS_PGD50 + DIGITS_SGD),
+    "digits_adamw_pgd50": (IMAGE, CLASSIFY_ARMS, DIGITS_PGD50 + DIGITS_ADAMW),
     # MiniLM's architecture and tokenizer, random weights, on the bbc plan's data (800 articles): BBC_SCRATCH_BUDGET.
     "bbc_scratch": (CLASSIFY, CLASSIFY_ARMS, CLASSIFY_BUDGET + BBC_SCRATCH_BUDGET),
     "digits_lt100": (IMAGE, LONG_TAIL_ARMS, DIGITS_LT + ["--imbalance_ratio", "100"]),
@@ -341,32 +357,37 @@ def write_books_task(out_dir: str, train_per_book: int = 40, test_per_book: int 
     return paths
 
 
-def printable_command(script: str, args: list[str], out_dir: str) -> str:
-    """The run's command as RESULTS.md quotes it: ``python`` and paths relative to the repository root."""
-    words = [script, "--output_dir", out_dir] + args
-    return "python " + " ".join(shlex.quote(os.path.relpath(w, ROOT) if w.startswith(ROOT) else w) for w in words)
+def printable_command(argv: list[str]) -> str:
+    """A run's command as RESULTS.md quotes it: ``python`` and paths relative to the repository root."""
+    words = ["python"] + [os.path.relpath(w, ROOT) if w.startswith(ROOT) else w for w in argv[1:]]
+    return shlex.join(words)
 
 
-def run_one(script, args, out_dir, dry_run=False, name="run", seed=0) -> None:
-    """One run through hf_cot.compare's executor (its completion marker, log.txt, the failing command's report), then
-    the study's two committed files: the relative command (command.txt) and wall_time.json."""
-    out_dir = os.path.abspath(out_dir)
-    run = Run(name, seed, out_dir, (sys.executable, script, "--output_dir", out_dir, *args))
-    printable = printable_command(script, args, out_dir)
-    if completed(run) is not None:  # same command, finished here (the marker is never committed)
-        print(f"[study] done already: {out_dir}", flush=True)
-        return
-    print(f"[study] {printable}", flush=True)
-    if dry_run:
-        return
-    outcome = execute(run)  # in the current folder: main() moved to the repository root
-    if outcome.status == "failed":
-        raise RuntimeError(f"[study] run failed ({outcome.message}); see {out_dir}/log.txt\n  {printable}")
-    with open(os.path.join(out_dir, "command.txt"), "w") as f:
-        f.write(printable + "\n")
-    with open(os.path.join(out_dir, "wall_time.json"), "w") as f:
-        json.dump({"wall_time_s": outcome.wall_time_s}, f)
-    print(f"[study]   {outcome.wall_time_s:.0f} s: {out_dir}", flush=True)
+def compare_argv(opts, script: str, variants: dict, names: list[str], budget: list[str]) -> list[str]:
+    """The `hf-cot compare` command line that runs the plan: the plan's variants as arms (the first, ``ce``, is the
+    baseline of the paired table), its script and budget as the training command, ``--extra`` after the budget (so
+    the plan's variants still win over it: argparse keeps the last value of a repeated option)."""
+    arms = [f"{name}={shlex.join(variants[name])}" for name in names]
+    return [
+        "--out", os.path.join(opts.out, opts.plan), "--seeds", opts.seeds, "--arms", ",".join(names),
+        *(word for arm in arms for word in ("--arm", arm)), "--jobs", str(opts.jobs), "--no_plot",
+        *(["--dry_run"] if opts.dry_run else []),
+        "--", sys.executable, script, *budget, *shlex.split(opts.extra),
+    ]  # fmt: skip
+
+
+def write_study_files(out: str) -> None:
+    """The study's two committed files per finished run, from compare's report: the command with relative paths
+    (command.txt) and wall_time.json (RESULTS.md quotes both)."""
+    with open(os.path.join(out, "compare.json"), encoding="utf-8") as f:
+        report = json.load(f)
+    for run in report["runs"]:
+        if run["status"] != "done":  # skipped runs keep their files; failed ones have none to write
+            continue
+        with open(os.path.join(run["output_dir"], "command.txt"), "w", encoding="utf-8") as f:
+            f.write(printable_command(shlex.split(run["command"])) + "\n")
+        with open(os.path.join(run["output_dir"], "wall_time.json"), "w", encoding="utf-8") as f:
+            json.dump({"wall_time_s": run["wall_time_s"]}, f)
 
 
 def main(argv=None):
@@ -395,34 +416,19 @@ def main(argv=None):
     unknown = [name for name in names if name not in variants]
     if unknown:
         parser.error(f"--variants {unknown} not in the {opts.plan} plan's {list(variants)}")
-    seeds = [int(s) for s in opts.seeds.split(",")]
-    extra = shlex.split(opts.extra)
-    # Seeds outermost: a partial study still compares every variant on the same seeds.
-    # Variant arguments after the budget: argparse keeps the last value, so a variant may override the budget.
-    runs = [
-        (
-            script,
-            budget + variants[name] + ["--seed", str(seed)] + extra,
-            os.path.join(opts.out, opts.plan, name, f"seed{seed}"),
-            opts.dry_run,
-            name,
-            seed,
-        )
-        for seed in seeds
-        for name in names
-    ]
-    # The runs start in the repository root (relative paths in --extra, e.g. .gpu/minilm), as before; the folder is
-    # changed once here, not per run, since the runs share the process (threads).
+    # The runs start in the repository root (relative paths in --extra, e.g. .gpu/minilm).
     previous = os.getcwd()
     os.chdir(ROOT)
     try:
-        with ThreadPoolExecutor(max_workers=max(1, opts.jobs)) as pool:
-            futures = [pool.submit(run_one, *run) for run in runs]
+        status = compare.main(
+            compare_argv(opts, script, variants, names, budget), prog="run_study.py (hf-cot compare)"
+        )
     finally:
         os.chdir(previous)
-    failures = [str(f.exception()) for f in futures if f.exception() is not None]
-    if failures:
-        raise SystemExit("\n".join(failures))
+    if not opts.dry_run:
+        write_study_files(os.path.join(opts.out, opts.plan))
+    if status:
+        raise SystemExit(f"[study] {opts.plan}: some runs failed (see the [compare] lines above)")
 
 
 if __name__ == "__main__":

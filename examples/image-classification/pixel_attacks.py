@@ -12,6 +12,12 @@ same rules, to ``pixel_values``:
 * An example counts as correct only if the model is right on every point the attack visits (the clean input, the
   random start and every iterate); broken examples are not attacked further. The random start is drawn on the CPU
   from a generator seeded with ``seed``, one example after the other in dataset order.
+* ``restarts=R``: the PGD attack is run R times, each from a fresh random start, and an example counts as correct
+  only if it survives all R (broken examples are not attacked again). Restart r passes over the data once more and
+  draws its starts from the same generator, continuing its stream (restart 1 after restart 0's last example, ...):
+  restart 0 is the ``restarts=1`` attack itself, so ``restarts=1`` gives the single-start numbers and more restarts
+  never raise the accuracy. ``data`` must give the same examples in the same order on every pass (a dataset, or a
+  DataLoader without shuffling).
 * ``pixel_range=(low, high)``: every point the attack visits is also clipped to the valid pixel range (images whose
   ``pixel_values`` are intensities in [0, 1], as the example's own preprocessing gives). ``None`` (inputs normalized
   by an image processor): the L-infinity ball only, epsilon in the normalized units.
@@ -84,30 +90,40 @@ def fgsm_pixel_accuracy(model, data, epsilons: Iterable[float], *, loss: str = "
 
 
 def pgd_pixel_accuracy(model, data, epsilons: Iterable[float], *, steps: int = 10, step_size: float | None = None,
-                       loss: str = "ce", random_start: bool = True, seed: int = 0, batch_size: int = 64,
-                       data_collator=None, pixel_range=None, device=None) -> dict[float, float]:  # fmt: skip
-    """Accuracy under an L-infinity PGD attack on ``pixel_values``: ``{epsilon: accuracy}`` (see the module doc)."""
+                       loss: str = "ce", random_start: bool = True, seed: int = 0, restarts: int = 1,
+                       batch_size: int = 64, data_collator=None, pixel_range=None, device=None) -> dict[float, float]:  # fmt: skip
+    """Accuracy under an L-infinity PGD attack on ``pixel_values``, with ``restarts`` random starts per example:
+    ``{epsilon: accuracy}`` (see the module doc)."""
     eps_list = check_attack_arguments(epsilons, loss)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+        raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
     generator = torch.Generator().manual_seed(seed)
-    correct, total = dict.fromkeys(eps_list, 0), 0
+    broken_per_batch, labels_per_batch = [], []  # per batch of the first pass: {epsilon: broken mask}, labels
     with eval_mode(model):
-        for x, labels in _batches(model, data, batch_size, data_collator, device):
-            clean_wrong = _wrong(model, x, labels)
-            # One draw per example, in order, on the CPU: the same start for any batch size or device.
-            unit = torch.stack([torch.rand(x.shape[1:], generator=generator) * 2 - 1 for _ in range(x.shape[0])])
-            unit = unit.to(x.device) if random_start else torch.zeros_like(x)
-            for eps in eps_list:
-                broken = clean_wrong.clone()
-                if eps > 0:
-                    alpha = 2.5 * eps / steps if step_size is None else float(step_size)
-                    _pgd(model, x, labels, eps * unit.float(), broken, eps, alpha, steps, loss, pixel_range)
-                correct[eps] += int((~broken).sum())
-            total += labels.numel()
+        for restart in range(restarts):
+            batches = _batches(model, data, batch_size, data_collator, device)
+            for index, (x, labels) in enumerate(batches):
+                if restart == 0:
+                    clean_wrong = _wrong(model, x, labels)
+                    broken_per_batch.append({eps: clean_wrong.clone() for eps in eps_list})
+                    labels_per_batch.append(labels)
+                elif index >= len(labels_per_batch) or not torch.equal(labels, labels_per_batch[index]):
+                    raise ValueError("restarts > 1 needs the data in the same order on every pass (no shuffling)")
+                # One draw per example, in order, on the CPU: the same start for any batch size or device.
+                unit = torch.stack([torch.rand(x.shape[1:], generator=generator) * 2 - 1 for _ in range(x.shape[0])])
+                unit = unit.to(x.device) if random_start else torch.zeros_like(x)
+                for eps, broken in broken_per_batch[index].items():
+                    if eps > 0:
+                        alpha = 2.5 * eps / steps if step_size is None else float(step_size)
+                        _pgd(model, x, labels, eps * unit.float(), broken, eps, alpha, steps, loss, pixel_range)
+            if restart > 0 and index + 1 != len(labels_per_batch):
+                raise ValueError("restarts > 1 needs the data in the same order on every pass (no shuffling)")
+    total = sum(labels.numel() for labels in labels_per_batch)
     if total == 0:
         raise ValueError("the dataset is empty")
-    return {eps: n / total for eps, n in correct.items()}
+    return {eps: sum(int((~b[eps]).sum()) for b in broken_per_batch) / total for eps in eps_list}
 
 
 def _pgd(model, x, labels, delta, broken, eps, alpha, steps, loss, pixel_range) -> None:

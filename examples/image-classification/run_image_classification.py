@@ -27,8 +27,9 @@ rarest 30 % of the classes) to the metrics.
 
 After training: test accuracy / error, balanced accuracy and each class's recall, calibration (ECE over 15
 equal-width confidence bins, NLL), the complement entropy, and accuracy under FGSM and 10-step PGD in pixel space
-(`pixel_attacks.py`; with the example's own preprocessing every attacked image stays in [0, 1]); everything goes to
-`all_results.json`. `--cot_mode off` is the plain `transformers.Trainer` (the cross-entropy baseline).
+(`pixel_attacks.py`; `--pgd_steps`, `--pgd_restarts` random starts; with the example's own preprocessing every
+attacked image stays in [0, 1]); everything goes to `all_results.json`. `--cot_mode off` is the plain
+`transformers.Trainer` (the cross-entropy baseline).
 """
 
 import json
@@ -149,6 +150,13 @@ class DataTrainingArguments:
         default=None, metadata={"help": "Comma-separated PGD epsilons (L-inf, pixel units), after training."}
     )
     pgd_steps: int = field(default=10, metadata={"help": "Gradient steps of the PGD attack."})
+    pgd_restarts: int = field(
+        default=1,
+        metadata={
+            "help": "Random starts of the PGD attack: an example counts as robust only if it survives every one "
+            "(1: the single-start attack)."
+        },
+    )
     pgd_losses: str = field(default="ce,margin", metadata={"help": "Losses PGD maximizes, one attack each."})
 
     def __post_init__(self):
@@ -167,6 +175,8 @@ class DataTrainingArguments:
         self.pgd_loss_list = [loss.strip() for loss in self.pgd_losses.split(",") if loss.strip()]
         if any(loss not in ATTACK_LOSSES for loss in self.pgd_loss_list):
             raise ValueError(f"--pgd_losses takes a subset of {ATTACK_LOSSES}, got {self.pgd_losses!r}")
+        if self.pgd_restarts < 1:
+            raise ValueError(f"--pgd_restarts must be an integer >= 1, got {self.pgd_restarts}")
         self.milestone_list = [float(m) for m in self.lr_milestones.split(",")] if self.lr_milestones else []
         if any(not 0 < m < 1 for m in self.milestone_list):
             raise ValueError(f"--lr_milestones are fractions of training in (0, 1), got {self.lr_milestones!r}")
@@ -371,12 +381,15 @@ def run_attacks(trainer, attacked, data_args, pixel_range) -> None:
         trainer.log_metrics("fgsm", metrics)
         trainer.save_metrics("fgsm", metrics)
     if data_args.pgd_epsilon_list:
-        logger.info(f"*** PGD ({data_args.pgd_steps} steps) on the pixels ***")
+        restarts = data_args.pgd_restarts
+        logger.info(f"*** PGD ({data_args.pgd_steps} steps, {restarts} random start(s)) on the pixels ***")
         metrics = {"pgd_steps": data_args.pgd_steps}
+        if restarts != 1:  # (the single-start attack's metrics stay as they were)
+            metrics["pgd_restarts"] = restarts
         for loss in data_args.pgd_loss_list:
             accuracies = pgd_pixel_accuracy(
                 trainer.model, attacked, data_args.pgd_epsilon_list,
-                steps=data_args.pgd_steps, loss=loss, seed=trainer.args.seed, **common,
+                steps=data_args.pgd_steps, restarts=restarts, loss=loss, seed=trainer.args.seed, **common,
             )  # fmt: skip
             metrics.update(format_fgsm_results(accuracies, prefix=f"pgd_{loss}_accuracy_eps_"))
         trainer.log_metrics("pgd", metrics)

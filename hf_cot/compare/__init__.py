@@ -39,6 +39,7 @@ import os
 import shlex
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from .runner import LOG_FILE, RESULTS_FILE, Run, RunOutcome, _log_tail, completed, execute, plan_runs
 from .table import (
@@ -122,6 +123,12 @@ def build_parser(prog: str = "python -m hf_cot.compare") -> argparse.ArgumentPar
     parser.add_argument(
         "--higher_is_better", default="", help="comma-separated metrics or patterns that are better when higher"
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once (default 1); small models leave a GPU mostly idle, so several processes share it well",
+    )
     parser.add_argument("--rerun", action="store_true", help="run every run again, from emptied folders")
     parser.add_argument("--dry_run", action="store_true", help="print the runs' commands and stop")
     parser.add_argument("--no_plot", action="store_true", help="do not draw compare.png")
@@ -161,6 +168,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m hf_cot.compar
         seeds = []
     if not seeds or len(set(seeds)) != len(seeds):
         parser.error(f"--seeds {opts.seeds!r}: give distinct integers, e.g. 0,1,2")
+    if opts.jobs < 1:
+        parser.error(f"--jobs {opts.jobs}: give 1 or more runs at once")
     for flag in ("--seed", "--output_dir"):
         if any(word == flag or word.startswith(flag + "=") for word in command):
             print(f"[compare] note: the command's own {flag} is overridden by the one each run appends", flush=True)
@@ -171,28 +180,32 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m hf_cot.compar
         print(f"[compare]   {name}: {shlex.join(extra) or '(no extra arguments)'}", flush=True)
     if opts.dry_run:
         for index, run in enumerate(runs, 1):
-            print(f"[compare] {index}/{len(runs)} {run.command}", flush=True)
+            done = "done already, would be skipped: " if not opts.rerun and completed(run) is not None else ""
+            print(f"[compare] {index}/{len(runs)} {done}{run.command}", flush=True)
         return 0
 
-    outcomes = []
-    for index, run in enumerate(runs, 1):
+    def run_one(index: int, run: Run) -> RunOutcome:
         head = f"[compare] {index}/{len(runs)} {run.arm} seed {run.seed}"
         if not opts.rerun and completed(run) is not None:
             outcome = execute(run)
             print(f"{head}: skipped, done already ({os.path.join(run.output_dir, RESULTS_FILE)}; --rerun runs it "
                   "again)", flush=True)  # fmt: skip
+            return outcome
+        print(f"{head}: running (log: {os.path.join(run.output_dir, LOG_FILE)})", flush=True)
+        outcome = execute(run, rerun=opts.rerun)
+        if outcome.status == "done":
+            print(f"{head}: done in {outcome.wall_time_s:.1f} s", flush=True)
         else:
-            print(f"{head}: running (log: {os.path.join(run.output_dir, LOG_FILE)})", flush=True)
-            outcome = execute(run, rerun=opts.rerun)
-            if outcome.status == "done":
-                print(f"{head}: done in {outcome.wall_time_s:.1f} s", flush=True)
-            else:
-                log_path = os.path.join(run.output_dir, LOG_FILE)
-                tail = "\n".join(f"    {line}" for line in _log_tail(log_path).splitlines())
-                print(f"{head}: FAILED ({outcome.message}) after {outcome.wall_time_s:.1f} s\n"
-                      f"[compare]   command: {run.command}\n"
-                      f"[compare]   last lines of {log_path}:\n{tail}", flush=True)  # fmt: skip
-        outcomes.append(outcome)
+            log_path = os.path.join(run.output_dir, LOG_FILE)
+            tail = "\n".join(f"    {line}" for line in _log_tail(log_path).splitlines())
+            print(f"{head}: FAILED ({outcome.message}) after {outcome.wall_time_s:.1f} s\n"
+                  f"[compare]   command: {run.command}\n"
+                  f"[compare]   last lines of {log_path}:\n{tail}", flush=True)  # fmt: skip
+        return outcome
+
+    # Threads only wait on subprocesses; the outcomes keep the plan's order whatever order the runs finish in.
+    with ThreadPoolExecutor(max_workers=opts.jobs) as pool:
+        outcomes = list(pool.map(run_one, range(1, len(runs) + 1), runs))
 
     results = {arm: {} for arm in arms}
     for outcome in outcomes:

@@ -236,6 +236,31 @@ def test_two_arms_two_seeds_table_resume_and_rerun(tmp_path, fake_script, capsys
     assert status == 0 and "skipped" not in stdout and len(calls(out)) == 11
 
 
+def test_jobs_give_the_same_runs_and_table_in_plan_order(tmp_path, fake_script, capsys):
+    """--jobs 2 runs two at once; the report lists the runs in the plan's order and its table equals --jobs 1's."""
+    tables = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"jobs{jobs}"
+        status, stdout, _ = run_compare(out, fake_script, "--arms", "ce,joint", "--jobs", jobs, "--no_plot",
+                                        capsys=capsys)  # fmt: skip
+        assert status == 0 and stdout.count(": done in ") == 4
+        report = json.loads((out / "compare.json").read_text())
+        assert [(r["arm"], r["seed"]) for r in report["runs"]] == [("ce", 0), ("joint", 0), ("ce", 1), ("joint", 1)]
+        assert sorted(calls(out)) == ["joint 0 0.0", "joint 1 0.0", "off 0 0.0", "off 1 0.0"]
+        tables[jobs] = report["metrics"]
+    assert tables["1"] == tables["2"]
+    # A dry run says which runs would be skipped (finished with the same command) and which would run.
+    (tmp_path / "jobs1" / "joint" / "seed1" / "compare_done.json").unlink()
+    capsys.readouterr()
+    assert compare.main(["--seeds", "0,1", "--arms", "ce,joint", "--out", str(tmp_path / "jobs1"), "--dry_run", "--",
+                         sys.executable, fake_script]) == 0  # fmt: skip
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith(("[compare] 1/", "[compare] 2/",
+                                                                              "[compare] 3/", "[compare] 4/"))]  # fmt: skip
+    assert ["done already" in x for x in lines] == [True, True, True, False]
+    with pytest.raises(SystemExit):
+        compare.main(["--jobs", "0", "--", "python", "x.py"])
+
+
 def test_label_smoothing_arm_and_a_failing_arm(tmp_path, fake_script, capsys):
     out = tmp_path / "runs" / "cmp"
     status, stdout, stderr = run_compare(

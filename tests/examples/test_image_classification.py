@@ -1,6 +1,6 @@
-"""From scratch (issue #30): examples/image-classification (digits, a random-init ResNet, pixel-space attacks), the
-`--from_scratch` flag of the text-classification example, and the study plans digits_sgd / digits_adamw /
-bbc_scratch run end to end at a budget of a few steps."""
+"""From scratch (issue #30): examples/image-classification (digits, a random-init ResNet, pixel-space attacks, PGD
+with random restarts), the `--from_scratch` flag of the text-classification example, and the study plans digits_sgd /
+digits_adamw / bbc_scratch run end to end at a budget of a few steps (digits_*_pgd50: the same runs, attacked harder)."""
 
 from __future__ import annotations
 
@@ -74,6 +74,102 @@ def test_pixel_attacks_follow_the_embedding_attacks_rules(image):
     pgd = [pgd_pixel_accuracy(model, data, [0.1], steps=3, batch_size=bs, seed=1, **common) for bs in (7, 48)]
     assert pgd[0] == pgd[1]
     assert pgd_pixel_accuracy(model, data, [0], **common)[0] == clean
+
+
+class _TinyMLP(torch.nn.Module):
+    """A small random-init classifier that is fast to attack many times (the reference below calls PGD ~150 times)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                                       torch.nn.Linear(64, 10))  # fmt: skip
+
+    def forward(self, pixel_values):
+        return (self.net(pixel_values),)
+
+
+def test_pgd_restarts_one_is_the_single_start_attack(image):
+    from pixel_attacks import pgd_pixel_accuracy
+
+    model = _tiny_model(image)
+    data, pixel_range = _digits(image, n=24)
+    common = {"data_collator": image.collate_fn, "pixel_range": pixel_range, "steps": 2, "seed": 3, "batch_size": 7}
+    for loss in ("ce", "margin"):
+        assert pgd_pixel_accuracy(model, data, [0.05, 0.2], restarts=1, loss=loss, **common) == pgd_pixel_accuracy(
+            model, data, [0.05, 0.2], loss=loss, **common
+        )
+    for bad in (0, -1, 1.0, True):
+        with pytest.raises(ValueError, match="restarts"):
+            pgd_pixel_accuracy(model, data, [0.1], restarts=bad, **common)
+
+
+def test_pgd_restarts_match_a_per_example_reference(image):
+    """restarts=R: robust = survives R single-start attacks, the starts continuing the seeded stream restart after
+    restart. The reference attacks one example at a time with the single-start function: example i of restart r gets
+    the stream's draw number r * N + i by putting r * N + i examples the model already gets wrong (never attacked, but
+    each takes its draw, in order) in front of it: the accuracy is > 0 iff example i survived that start."""
+    from pixel_attacks import pgd_pixel_accuracy
+
+    torch.manual_seed(0)
+    model = _TinyMLP()
+    digits, pixel_range = _digits(image, n=24)
+    pixels = torch.stack([torch.as_tensor(e["pixel_values"]) for e in digits])
+    with torch.no_grad():
+        predicted = model(pixels)[0].argmax(-1)
+    # Labelled with the model's own clean predictions: every example starts correct, so the attack decides them all.
+    data = [{"pixel_values": p, "labels": int(y)} for p, y in zip(pixels, predicted, strict=True)]
+    epsilons, restarts, n = [0.05, 0.1, 0.2], 3, len(data)
+    # A small step size: where the start lies matters, so restarts break examples a single start leaves standing.
+    common = {"data_collator": image.collate_fn, "pixel_range": pixel_range, "steps": 2, "step_size": 0.01, "seed": 5}
+
+    single = pgd_pixel_accuracy(model, data, epsilons, batch_size=5, **common)
+    restarted = pgd_pixel_accuracy(model, data, epsilons, restarts=restarts, batch_size=5, **common)
+    assert all(restarted[eps] <= single[eps] for eps in epsilons)
+    assert any(restarted[eps] < single[eps] for eps in epsilons)  # the restarts did something here
+
+    survived = {eps: [True] * n for eps in epsilons}
+    for r in range(restarts):
+        for i, example in enumerate(data):
+            wrong = {"pixel_values": example["pixel_values"], "labels": (int(example["labels"]) + 1) % 10}
+            alone = pgd_pixel_accuracy(model, [wrong] * (r * n + i) + [example], epsilons, **common)
+            for eps in epsilons:
+                assert alone[eps] in (0, 1 / (r * n + i + 1))
+                survived[eps][i] &= alone[eps] > 0
+    assert restarted == {eps: sum(survived[eps]) / n for eps in epsilons}
+
+
+def test_pgd_restarts_flag(image):
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(image.DataTrainingArguments)
+    (data_args,) = parser.parse_args_into_dataclasses(args=["--pgd_epsilons", "0.1", "--pgd_restarts", "5"])
+    assert data_args.pgd_restarts == 5
+    assert parser.parse_args_into_dataclasses(args=[])[0].pgd_restarts == 1
+    for bad in ("0", "-2"):
+        with pytest.raises(ValueError, match="--pgd_restarts"):
+            parser.parse_args_into_dataclasses(args=["--pgd_epsilons", "0.1", "--pgd_restarts", bad])
+
+
+def test_pgd50_plans_train_the_digits_plans_models():
+    """digits_{sgd,adamw}_pgd50: the digits plans' script, arms and training arguments, only the attack differs."""
+    run_study = _load("run_study")
+    attack = {"--fgsm_epsilons", "--pgd_epsilons", "--pgd_steps", "--pgd_restarts", "--pgd_losses"}
+
+    def split(budget):
+        options = dict(zip(budget[::2], budget[1::2], strict=True))  # every budget word is an option and its value
+        return {k: v for k, v in options.items() if k not in attack}, {k: v for k, v in options.items() if k in attack}
+
+    for plan in ("digits_sgd", "digits_adamw"):
+        script, arms, budget = run_study.PLANS[plan]
+        new_script, new_arms, new_budget = run_study.PLANS[f"{plan}_pgd50"]
+        assert new_script == script and new_arms is arms is run_study.CLASSIFY_ARMS
+        (training, attacks), (new_training, new_attacks) = split(budget), split(new_budget)
+        assert new_training == training and [k for k in budget if k in training] == [
+            k for k in new_budget if k in new_training
+        ]
+        assert attacks["--pgd_steps"] == "10" and "--pgd_restarts" not in attacks
+        assert new_attacks == {"--pgd_epsilons": attacks["--pgd_epsilons"], "--pgd_steps": "50",
+                               "--pgd_restarts": "5", "--pgd_losses": "ce,margin"}  # fmt: skip
 
 
 def test_off_is_the_plain_trainer(image, tmp_path):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 from test_examples import load_script
-from test_study import _load
+from test_study import STUDIES, _load
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "examples" / "text-classification"))
@@ -207,7 +209,8 @@ LONG_TAIL_ARMS = ("ce", "ce_class_weights", "label_smoothing", "alternating", "j
 def _dry_run(run_study, capsys, *argv):
     capsys.readouterr()
     run_study.main(["--seeds", "0,1", "--dry_run", *argv])
-    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("[study]")]
+    # hf-cot compare's dry run: "[compare] i/n <command>" per run, the run's --output_dir last.
+    return [line for line in capsys.readouterr().out.splitlines() if re.match(r"\[compare\] \d+/\d+ ", line)]
 
 
 @pytest.mark.parametrize("plan", sorted(LONG_TAIL_PLANS))
@@ -217,7 +220,7 @@ def test_long_tail_plans_dry_run(plan, tmp_path, capsys):
     assert len(lines) == 2 * len(LONG_TAIL_ARMS)
     for seed in (0, 1):
         for arm in LONG_TAIL_ARMS:
-            line = next(x for x in lines if f"/{plan}/{arm}/seed{seed} " in x)
+            line = next(x for x in lines if x.endswith(f"/{plan}/{arm}/seed{seed}"))
             assert f"--imbalance_ratio {LONG_TAIL_PLANS[plan]}" in line and f"--seed {seed}" in line
             assert ("--class_weights_from_train inverse_frequency" in line) == arm.endswith("class_weights")
             assert ("--label_smoothing_factor 0.1" in line) == (arm == "label_smoothing")
@@ -245,12 +248,13 @@ def test_default_out_is_local_and_committed_files_do_not_skip(tmp_path, capsys, 
     the runner runs those runs again instead of printing "done already"; new runs go to studies/runs_local."""
     run_study = _load("run_study")
     lines = _dry_run(run_study, capsys, "--plan", "digits_lt100", "--variants", "ce")
-    assert all("--output_dir studies/runs_local/digits_lt100/ce/seed" in x for x in lines)
+    local = os.path.join(os.path.dirname(STUDIES), "studies", "runs_local", "digits_lt100", "ce", "seed")
+    assert len(lines) == 2 and all(f"--output_dir {local}" in x for x in lines)
     committed = tmp_path / "digits_lt100" / "ce" / "seed0"
     committed.mkdir(parents=True)
     for name, text in (("all_results.json", "{}"), ("wall_time.json", '{"wall_time_s": 1}'), ("command.txt", "x")):
         (committed / name).write_text(text)
     lines = _dry_run(run_study, capsys, "--plan", "digits_lt100", "--variants", "ce", "--out", str(tmp_path))
-    assert not any("done already" in x for x in lines) and len(lines) == 2
+    assert len(lines) == 2 and not any("done already" in x for x in lines)
     with pytest.raises(SystemExit):
         run_study.main(["--plan", "digits_lt100", "--variants", "nope", "--dry_run"])
