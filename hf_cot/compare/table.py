@@ -178,9 +178,15 @@ def paired_differences(arm: Mapping[int, float], baseline: Mapping[int, float]) 
 
     Returns:
         `dict[int, float]`: the per-seed differences (seeds missing from either side are left out: a failed run
-        pairs with nothing).
+        pairs with nothing). Two values equal up to floating-point rounding (relative 1e-9) differ by exactly 0: a
+        tie, not a seed won or lost (balanced accuracy on a balanced test set is the accuracy, summed in another
+        order).
     """
-    return {seed: arm[seed] - baseline[seed] for seed in sorted(arm) if seed in baseline}
+    return {
+        seed: 0.0 if math.isclose(arm[seed], baseline[seed], rel_tol=1e-9) else arm[seed] - baseline[seed]
+        for seed in sorted(arm)
+        if seed in baseline
+    }
 
 
 def seeds_won(differences: Mapping[int, float], better: str) -> tuple[int, int, int]:

@@ -76,6 +76,11 @@ def test_paired_differences_and_seeds_won_by_hand():
     assert diffs[0] == pytest.approx(0.03) and diffs[1] == pytest.approx(-0.01)
     assert compare.seeds_won(diffs, "higher") == (1, 0, 1)
     assert compare.seeds_won({0: -0.5, 1: 0.0, 2: -0.1}, "lower") == (2, 1, 0)
+    # The same number summed in another order (0.1 + 0.2 != 0.3 in floating point) is a tie, not a seed won; a real
+    # difference of one part in a million is not.
+    rounded = compare.paired_differences({0: 0.1 + 0.2, 1: 0.3 + 3e-7}, {0: 0.3, 1: 0.3})
+    assert 0.1 + 0.2 != 0.3 and rounded[0] == 0.0 and rounded[1] == pytest.approx(3e-7)
+    assert compare.seeds_won(rounded, "higher") == (1, 1, 0)
     with pytest.raises(ValueError, match="'higher' or 'lower'"):
         compare.seeds_won(diffs, "up")
 
