@@ -20,6 +20,8 @@
 # Results go to $OUT (the tool's folder; default /tmp/gpu_out). Time limits keep the whole script under ~9.5 min.
 #
 #   SMOKE=1 bash studies/gpu_session.sh     # the same script on CPU with 2 steps per run (checks the plumbing)
+#   PLANS=books_full bash studies/gpu_session.sh   # only the 66-class plan (all 5 arms: CE, label smoothing and the
+#                                                  # three modes, ECE / NLL), no benchmarks: ~15 runs, 6 at once
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -69,22 +71,30 @@ else
     BENCH_LOSS="--device cuda --repeats 20"
 fi
 
+PLANS=${PLANS:-translation books_full}   # which study plans run (the benchmarks run only with both)
 remaining=$(( STUDY_DEADLINE - $(elapsed) ))
-log "study: translation (12 at once) and books_full (6 at once), ${remaining}s left for both"
-timeout "$remaining" $PY studies/run_study.py --plan translation --seeds 0,1,2 --jobs 12 --out "$RUNS" \
-    --extra "--model_name_or_path $MODEL $DEV_TRANSLATION" > "$OUT/study_translation.txt" 2>&1 &
-TRANSLATION=$!
-timeout "$remaining" $PY studies/run_study.py --plan books_full --seeds 0,1,2 --jobs 6 --out "$RUNS" \
-    --extra "--model_name_or_path $MODEL $DEV_BOOKS" > "$OUT/study_books.txt" 2>&1 &
-BOOKS=$!
-wait $TRANSLATION; log "translation runner exit $?"
-wait $BOOKS; log "books_full runner exit $?"
+log "study: $PLANS (translation 12 at once, books_full 6 at once), ${remaining}s left"
+: > "$OUT/study_translation.txt"; : > "$OUT/study_books.txt"
+if [[ " $PLANS " == *" translation "* ]]; then
+    timeout "$remaining" $PY studies/run_study.py --plan translation --seeds 0,1,2 --jobs 12 --out "$RUNS" \
+        --extra "--model_name_or_path $MODEL $DEV_TRANSLATION" > "$OUT/study_translation.txt" 2>&1 &
+    TRANSLATION=$!
+fi
+if [[ " $PLANS " == *" books_full "* ]]; then
+    timeout "$remaining" $PY studies/run_study.py --plan books_full --seeds 0,1,2 --jobs 6 --out "$RUNS" \
+        --extra "--model_name_or_path $MODEL $DEV_BOOKS" > "$OUT/study_books.txt" 2>&1 &
+    BOOKS=$!
+fi
+[ -n "${TRANSLATION:-}" ] && { wait "$TRANSLATION"; log "translation runner exit $?"; }
+[ -n "${BOOKS:-}" ] && { wait "$BOOKS"; log "books_full runner exit $?"; }
 echo quit | nvidia-cuda-mps-control 2>/dev/null || true
 
-log "bench_loss"
-timeout 45 $PY benchmarks/bench_loss.py $BENCH_LOSS --json "$OUT/bench_loss_cuda.json" || log "bench_loss exit $?"
-log "bench_step"
-timeout 90 $PY benchmarks/bench_step.py $BENCH_STEP --json "$OUT/bench_step_cuda_fp16.json" || log "bench_step exit $?"
+if [ "$PLANS" = "translation books_full" ]; then
+    log "bench_loss"
+    timeout 45 $PY benchmarks/bench_loss.py $BENCH_LOSS --json "$OUT/bench_loss_cuda.json" || log "bench_loss exit $?"
+    log "bench_step"
+    timeout 90 $PY benchmarks/bench_step.py $BENCH_STEP --json "$OUT/bench_step_cuda_fp16.json" || log "bench_step exit $?"
+fi
 
 log "packing the small files of the study runs"
 (cd "$RUNS" && find translation books_full books_data_150 -type f \( -name all_results.json -o -name command.txt \
