@@ -164,12 +164,7 @@ class DataTrainingArguments:
             raise ValueError("Pass either --dataset_name or --train_dir, not both.")
         if self.offline_dataset not in OFFLINE_DATASETS:
             raise ValueError(f"--offline_dataset takes one of {OFFLINE_DATASETS}, got {self.offline_dataset!r}")
-        if self.imbalance_ratio is not None and not self.imbalance_ratio >= 1:
-            raise ValueError(f"--imbalance_ratio must be >= 1 (n_max / n_min), got {self.imbalance_ratio}")
-        if self.class_weights_from_train not in (None, "inverse_frequency"):
-            raise ValueError(
-                f"--class_weights_from_train takes 'inverse_frequency', got {self.class_weights_from_train!r}"
-            )
+        long_tail_module().check_long_tail_options(self.imbalance_ratio, self.class_weights_from_train)
         self.fgsm_epsilon_list = [float(e) for e in self.fgsm_epsilons.split(",")] if self.fgsm_epsilons else []
         self.pgd_epsilon_list = [float(e) for e in self.pgd_epsilons.split(",")] if self.pgd_epsilons else []
         self.pgd_loss_list = [loss.strip() for loss in self.pgd_losses.split(",") if loss.strip()]
@@ -409,7 +404,8 @@ def setup_logging(training_args):
 
 
 def long_tail_module():
-    sys.path.insert(0, SHARED_DIR)
+    if SHARED_DIR not in sys.path:
+        sys.path.insert(0, SHARED_DIR)
     import long_tail
 
     return long_tail
@@ -430,22 +426,8 @@ def imbalance_training_split(raw, label_column: str, num_labels: int, data_args,
     if data_args.max_train_samples is not None:
         labels = labels[: data_args.max_train_samples]  # what select() below trains on
     counts = long_tail.class_counts(labels, num_labels)
-    if data_args.class_weights_from_train is not None:
-        if training_args.class_weights is not None:
-            raise ValueError("Pass either --class_weights or --class_weights_from_train, not both.")
-        if training_args.label_smoothing_factor > 0:
-            raise ValueError("--class_weights_from_train cannot be combined with --label_smoothing_factor > 0 "
-                             "(hf-cot refuses class weights with label smoothing).")  # fmt: skip
-        training_args.class_weights = long_tail.inverse_frequency_weights(counts)
-    tail = long_tail.tail_classes(counts)
-    info = {"imbalance_ratio": data_args.imbalance_ratio, "counts": counts, "tail_classes": tail,
-            "class_weights": training_args.class_weights}  # fmt: skip
-    logger.info(f"Training split per class: {info}")
-    if training_args.should_save:  # the main process only
-        os.makedirs(training_args.output_dir, exist_ok=True)
-        with open(os.path.join(training_args.output_dir, "train_class_counts.json"), "w") as f:
-            json.dump(info, f, indent=2)
-    return tail
+    names = raw["train"].features[label_column].names
+    return long_tail.record_training_split(counts, names, data_args, training_args, logger)
 
 
 def select(raw, split: str, limit: int | None):

@@ -19,7 +19,9 @@ long-tailed plans.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -106,3 +108,40 @@ def tail_classes(counts: Sequence[int], fraction: float = TAIL_FRACTION) -> list
     """The rarest ``ceil(fraction * K)`` class ids by training count (ties: the higher id, i.e. later in the profile)."""
     k = math.ceil(fraction * len(counts))
     return sorted(sorted(range(len(counts)), key=lambda c: (counts[c], -c))[:k])
+
+
+def check_long_tail_options(imbalance_ratio: float | None, class_weights_from_train: str | None) -> None:
+    """The examples' ``--imbalance_ratio`` / ``--class_weights_from_train``, refused when the arguments are parsed."""
+    if imbalance_ratio is not None and not imbalance_ratio >= 1:
+        raise ValueError(f"--imbalance_ratio must be >= 1 (n_max / n_min), got {imbalance_ratio}")
+    if class_weights_from_train not in (None, *WEIGHTINGS):
+        choices = " or ".join(repr(w) for w in WEIGHTINGS)
+        raise ValueError(f"--class_weights_from_train takes {choices}, got {class_weights_from_train!r}")
+
+
+def record_training_split(counts: Sequence[int], label_names, data_args, training_args, logger) -> list[int]:
+    """What both examples do once their training split is fixed: ``--class_weights_from_train`` sets hf-cot's
+    ``class_weights`` from ``counts`` (refused next to ``--class_weights`` or label smoothing, which hf-cot refuses with
+    class weights); the tail classes, logged and written with the counts to ``train_class_counts.json``.
+
+    Returns:
+        `list[int]`: the tail class ids (for ``tail_recall``).
+    """
+    if data_args.class_weights_from_train is not None:
+        if not hasattr(training_args, "class_weights"):  # a plain-Trainer version of the script
+            raise ValueError("--class_weights_from_train sets hf-cot's class_weights: it needs COTTrainingArguments")
+        if training_args.class_weights is not None:
+            raise ValueError("Pass either --class_weights or --class_weights_from_train, not both.")
+        if training_args.label_smoothing_factor > 0:
+            raise ValueError("--class_weights_from_train cannot be combined with --label_smoothing_factor > 0 "
+                             "(hf-cot refuses class weights with label smoothing).")  # fmt: skip
+        training_args.class_weights = inverse_frequency_weights(counts)
+    tail = tail_classes(counts)
+    info = {"imbalance_ratio": data_args.imbalance_ratio, "labels": list(label_names), "counts": list(counts),
+            "tail_classes": tail, "class_weights": getattr(training_args, "class_weights", None)}  # fmt: skip
+    logger.info(f"Training split per class: {info}")
+    if training_args.should_save:  # the main process only
+        os.makedirs(training_args.output_dir, exist_ok=True)
+        with open(os.path.join(training_args.output_dir, "train_class_counts.json"), "w") as f:
+            json.dump(info, f, indent=2)
+    return tail

@@ -170,12 +170,9 @@ class DataTrainingArguments:
             )
         if self.pgd_steps < 1:
             raise ValueError(f"--pgd_steps must be >= 1, got {self.pgd_steps}")
-        if self.imbalance_ratio is not None and not self.imbalance_ratio >= 1:
-            raise ValueError(f"--imbalance_ratio must be >= 1 (n_max / n_min), got {self.imbalance_ratio}")
-        if self.class_weights_from_train not in (None, "inverse_frequency"):
-            raise ValueError(
-                f"--class_weights_from_train takes 'inverse_frequency', got {self.class_weights_from_train!r}"
-            )
+        from long_tail import check_long_tail_options  # next to this script
+
+        check_long_tail_options(self.imbalance_ratio, self.class_weights_from_train)
 
 
 def load_raw_datasets(model_args, data_args) -> datasets.DatasetDict:
@@ -287,7 +284,7 @@ def imbalance_training_split(preprocessed, label_list, data_args, training_args)
     train = preprocessed
     if train is None or (data_args.imbalance_ratio is None and data_args.class_weights_from_train is None):
         return train, None
-    from long_tail import class_counts, inverse_frequency_weights, long_tail_indices, tail_classes
+    from long_tail import class_counts, long_tail_indices, record_training_split
 
     if data_args.imbalance_ratio is not None:
         keep = long_tail_indices(train["label"], len(label_list), data_args.imbalance_ratio, data_args.imbalance_seed)
@@ -295,23 +292,7 @@ def imbalance_training_split(preprocessed, label_list, data_args, training_args)
         if data_args.max_train_samples is not None:
             train = train.select(range(min(data_args.max_train_samples, len(train))))
     counts = class_counts(train["label"], len(label_list))
-    if data_args.class_weights_from_train is not None:
-        if not hasattr(training_args, "class_weights"):  # the plain-Trainer version of this script
-            raise ValueError("--class_weights_from_train sets hf-cot's class_weights: it needs COTTrainingArguments")
-        if training_args.class_weights is not None:
-            raise ValueError("Pass either --class_weights or --class_weights_from_train, not both.")
-        if training_args.label_smoothing_factor > 0:
-            raise ValueError("--class_weights_from_train cannot be combined with --label_smoothing_factor > 0 "
-                             "(hf-cot refuses class weights with label smoothing).")  # fmt: skip
-        training_args.class_weights = inverse_frequency_weights(counts)
-    tail = tail_classes(counts)
-    info = {"imbalance_ratio": data_args.imbalance_ratio, "labels": list(label_list), "counts": counts,
-            "tail_classes": tail, "class_weights": training_args.class_weights}  # fmt: skip
-    logger.info(f"Training split per class: {info}")
-    if training_args.should_save:
-        os.makedirs(training_args.output_dir, exist_ok=True)
-        with open(os.path.join(training_args.output_dir, "train_class_counts.json"), "w") as f:
-            json.dump(info, f, indent=2)
+    tail = record_training_split(counts, label_list, data_args, training_args, logger)
     return train, tail
 
 
