@@ -104,6 +104,7 @@ def pgd_pixel_accuracy(model, data, epsilons: Iterable[float], *, steps: int = 1
     with eval_mode(model):
         for restart in range(restarts):
             batches = _batches(model, data, batch_size, data_collator, device)
+            index = -1  # the pass's last batch (stays -1 on empty data)
             for index, (x, labels) in enumerate(batches):
                 if restart == 0:
                     clean_wrong = _wrong(model, x, labels)

@@ -101,6 +101,8 @@ def test_pgd_restarts_one_is_the_single_start_attack(image):
     for bad in (0, -1, 1.0, True):
         with pytest.raises(ValueError, match="restarts"):
             pgd_pixel_accuracy(model, data, [0.1], restarts=bad, **common)
+    with pytest.raises(ValueError, match="the dataset is empty"):  # every pass empty, not only the first
+        pgd_pixel_accuracy(model, data.select([]), [0.1], restarts=2, **common)
 
 
 def test_pgd_restarts_match_a_per_example_reference(image):
