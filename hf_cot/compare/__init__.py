@@ -41,7 +41,17 @@ import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from .runner import LOG_FILE, RESULTS_FILE, Run, RunOutcome, _log_tail, completed, execute, plan_runs
+from .runner import (
+    LOG_FILE,
+    RESULTS_FILE,
+    Run,
+    RunOutcome,
+    _log_tail,
+    completed,
+    execute,
+    plan_runs,
+    run_environment,
+)
 from .table import (
     DEFAULT_ARM_NAMES,
     DEFAULT_ARMS,
@@ -71,6 +81,7 @@ __all__ = [
     "plan_runs",
     "plot",
     "resolve_arms",
+    "run_environment",
     "seeds_won",
     "select_metrics",
     "summarize",
@@ -127,7 +138,8 @@ def build_parser(prog: str = "python -m hf_cot.compare") -> argparse.ArgumentPar
         "--jobs",
         type=int,
         default=1,
-        help="runs at once (default 1); small models leave a GPU mostly idle, so several processes share it well",
+        help="runs at once (default 1); small models leave a GPU mostly idle, so several processes share it well; "
+        "without an OMP_NUM_THREADS of yours, each run gets cores // jobs threads",
     )
     parser.add_argument("--rerun", action="store_true", help="run every run again, from emptied folders")
     parser.add_argument("--dry_run", action="store_true", help="print the runs' commands and stop")
@@ -183,6 +195,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m hf_cot.compar
             done = "done already, would be skipped: " if not opts.rerun and completed(run) is not None else ""
             print(f"[compare] {index}/{len(runs)} {done}{run.command}", flush=True)
         return 0
+    env, note = run_environment(opts.jobs)
+    if note:
+        print(f"[compare] {note}", flush=True)
 
     def run_one(index: int, run: Run) -> RunOutcome:
         head = f"[compare] {index}/{len(runs)} {run.arm} seed {run.seed}"
@@ -192,7 +207,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m hf_cot.compar
                   "again)", flush=True)  # fmt: skip
             return outcome
         print(f"{head}: running (log: {os.path.join(run.output_dir, LOG_FILE)})", flush=True)
-        outcome = execute(run, rerun=opts.rerun)
+        outcome = execute(run, rerun=opts.rerun, env=env)
         if outcome.status == "done":
             print(f"{head}: done in {outcome.wall_time_s:.1f} s", flush=True)
         else:

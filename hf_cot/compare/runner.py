@@ -96,7 +96,32 @@ def completed(run: Run) -> dict | None:
     return results
 
 
-def execute(run: Run, rerun: bool = False) -> RunOutcome:
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform tells, else ``os.cpu_count()``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def run_environment(jobs: int, environ: Mapping[str, str] | None = None, cores: int | None = None):
+    """The environment of each run when ``jobs`` run at once, and a note saying why, or ``(None, "")`` to inherit.
+
+    PyTorch starts one intra-op thread per core in every process, so N processes on N cores oversubscribe them (two
+    MiniLM runs on 2 cores ran 4x slower than with one thread each). With more than one job and no
+    ``OMP_NUM_THREADS`` of the user's, each run gets ``cores // jobs`` threads (at least 1); a value the user set is
+    kept as it is.
+    """
+    environ = os.environ if environ is None else environ
+    if jobs <= 1 or "OMP_NUM_THREADS" in environ:
+        return None, ""
+    cores = available_cores() if cores is None else cores
+    threads = max(1, cores // jobs)
+    note = (f"{jobs} runs at once on {cores} core(s): each run gets OMP_NUM_THREADS={threads} (set OMP_NUM_THREADS "
+            "yourself to choose)")  # fmt: skip
+    return {**environ, "OMP_NUM_THREADS": str(threads)}, note
+
+
+def execute(run: Run, rerun: bool = False, env: Mapping[str, str] | None = None) -> RunOutcome:
     """Runs one training command unless it finished before; never raises for a failing command.
 
     Args:
@@ -104,6 +129,7 @@ def execute(run: Run, rerun: bool = False) -> RunOutcome:
         rerun (`bool`): run it again even if it finished; its folder is emptied first, so that the script does not
             resume from checkpoints of the old run (HF scripts resume from the newest ``checkpoint-*`` they find).
             Without it, a folder with no completion marker (an interrupted run) is kept for the script to resume.
+        env (`Mapping[str, str]`, *optional*): the command's environment (default: this process's).
 
     Returns:
         `RunOutcome`: ``"skipped"`` with the stored results, ``"done"`` with the new ones, or ``"failed"`` with the
@@ -131,7 +157,7 @@ def execute(run: Run, rerun: bool = False) -> RunOutcome:
     with open(log_path, "w", encoding="utf-8") as log:
         try:
             returncode = subprocess.run(
-                run.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                run.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
             ).returncode
         except OSError as err:  # the program does not exist or cannot be executed
             log.write(f"[compare] could not start the command: {err}\n")

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # A training script with the interface compare needs (--cot_mode, --seed, --output_dir, plus one Trainer knob) whose
 # "metrics" are known functions of its arguments, so the expected table is computed by hand below. Every run appends
-# a line to calls.log next to the output folders (how the tests count what ran). `--cot_mode broken` fails,
+# a line to calls.log next to the output folders (how the tests count what ran) and its OMP_NUM_THREADS to env.json. `--cot_mode broken` fails,
 # `--cot_mode silent` exits 0 without results.
 FAKE_SCRIPT = textwrap.dedent(
     """\
@@ -36,6 +36,8 @@ FAKE_SCRIPT = textwrap.dedent(
     with open(os.path.join(os.path.dirname(os.path.dirname(args.output_dir)), "calls.log"), "a") as f:
         f.write(f"{args.cot_mode} {args.seed} {args.label_smoothing_factor}\\n")
     print(f"training {args.cot_mode} seed {args.seed}")
+    with open(os.path.join(args.output_dir, "env.json"), "w") as f:
+        json.dump({"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}, f)
     if args.cot_mode == "broken":
         print("ValueError: cot_mode 'broken' is not one of off, joint, alternating, guided", file=sys.stderr)
         sys.exit(3)
@@ -264,6 +266,28 @@ def test_jobs_give_the_same_runs_and_table_in_plan_order(tmp_path, fake_script, 
     assert ["done already" in x for x in lines] == [True, True, True, False]
     with pytest.raises(SystemExit):
         compare.main(["--jobs", "0", "--", "python", "x.py"])
+
+
+def test_jobs_split_the_cores_unless_the_user_set_omp_num_threads(tmp_path, fake_script, capsys, monkeypatch):
+    """Several runs at once each get cores // jobs threads (PyTorch would start one per core in every process); one
+    job, or an OMP_NUM_THREADS of the user's, leaves the environment as it is."""
+    monkeypatch.setattr(compare.runner, "available_cores", lambda: 8)
+
+    def threads_seen(out):
+        return {json.loads(p.read_text())["OMP_NUM_THREADS"] for p in Path(out).glob("*/seed*/env.json")}
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for jobs, expected in (("3", {"2"}), ("1", {None})):
+        status, stdout, _ = run_compare(tmp_path / f"j{jobs}", fake_script, "--arms", "ce,joint", "--jobs", jobs,
+                                        "--no_plot", capsys=capsys)  # fmt: skip
+        assert status == 0 and threads_seen(tmp_path / f"j{jobs}") == expected
+        assert ("each run gets OMP_NUM_THREADS=2" in stdout) == (jobs == "3")
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    status, stdout, _ = run_compare(tmp_path / "mine", fake_script, "--arms", "ce,joint", "--jobs", "2", "--no_plot",
+                                    capsys=capsys)  # fmt: skip
+    assert status == 0 and threads_seen(tmp_path / "mine") == {"5"} and "each run gets" not in stdout
+    # More jobs than cores: one thread each, never zero.
+    assert compare.run_environment(16, {}, cores=8)[0] == {"OMP_NUM_THREADS": "1"}
 
 
 def test_label_smoothing_arm_and_a_failing_arm(tmp_path, fake_script, capsys):
