@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # A training script with the interface compare needs (--cot_mode, --seed, --output_dir, plus one Trainer knob) whose
 # "metrics" are known functions of its arguments, so the expected table is computed by hand below. Every run appends
-# a line to calls.log next to the output folders (how the tests count what ran) and its OMP_NUM_THREADS to env.json. `--cot_mode broken` fails,
-# `--cot_mode silent` exits 0 without results.
+# a line to calls.log next to the output folders (how the tests count what ran) and writes its OMP_NUM_THREADS to
+# env.json. `--cot_mode broken` fails, `--cot_mode silent` exits 0 without results.
 FAKE_SCRIPT = textwrap.dedent(
     """\
     import argparse, json, os, sys
